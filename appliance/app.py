@@ -1,0 +1,103 @@
+"""The daemon: builds the components from the config, runs them, and stops them cleanly.
+
+Threads: one per bus, the outbox pump, paho's network thread. The main thread supervises them and
+tells systemd (sd_notify) that the box is ready and alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+
+from appliance.clock import Clock
+from appliance.collect.bus import BusWorker
+from appliance.config import Config
+from appliance.model import epoch
+from appliance.store import Store
+from appliance.store.registry import register_config_meters
+from appliance.uplink.mqtt import MqttLink
+from appliance.uplink.outbox import OutboxPump
+
+log = logging.getLogger("hes")
+
+STALL_S = 30.0  # a thread whose heartbeat is older than this is hung: stop feeding the watchdog
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd something (READY=1, WATCHDOG=1, ...); a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr; under systemd journald adds the timestamps itself."""
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(level=level.upper(), format=stamp + "%(levelname)s %(name)s: %(message)s")
+
+
+def run(config: Config) -> int:
+    """Run the daemon until SIGTERM or SIGINT; returns the process exit code."""
+    setup_logging(config.hes.log_level)
+    clock = Clock()
+
+    def open_store() -> Store:
+        return Store(config.store_path, config.store.busy_timeout_ms)
+
+    store = open_store()
+    register_config_meters(store, config.meters, epoch(clock.now()))
+    store.close()
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+    link = MqttLink(config, queue.Queue())
+    pump = OutboxPump(config, open_store, link, clock, stop)
+    workers = [
+        BusWorker(bus, [m for m in config.meters if m.bus == name], open_store, clock, pump.notify, stop)
+        for name, bus in config.buses.items()
+        if bus.enabled and any(m.bus == name for m in config.meters)
+    ]
+    threads: list[BusWorker | OutboxPump] = [pump, *workers]
+    log.info(
+        "HES %s starting: %d meters on %d buses, store %s, broker %s:%d",
+        config.hes.id,
+        len(config.meters),
+        len(workers),
+        config.store_path,
+        config.mqtt.host,
+        config.mqtt.port,
+    )
+    link.start()
+    for thread in threads:
+        thread.start()
+    sd_notify("READY=1")
+
+    exit_code = 0
+    while not stop.wait(1.0):
+        dead = [t.name for t in threads if not t.is_alive()]
+        if dead:
+            log.error("thread(s) %s died; stopping so systemd restarts the daemon", ", ".join(dead))
+            exit_code = 1
+            break
+        if all(time.monotonic() - t.heartbeat < STALL_S for t in threads):
+            sd_notify("WATCHDOG=1")
+
+    sd_notify("STOPPING=1")
+    log.info("stopping")
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    link.stop()
+    return exit_code

@@ -1,0 +1,1 @@
+"""Collection: reading meters on the RS-485 buses and writing what they say into the store."""

@@ -1,0 +1,102 @@
+"""One worker thread per RS-485 bus: polls its meters when their slot comes, one request at a time.
+
+A silent meter costs its own timeout, not the bus; a bus whose device is missing is retried with
+backoff and never stops the box.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from appliance.clock import Clock
+from appliance.collect.meters import get_model
+from appliance.collect.readers import ModbusReader
+from appliance.config import BusSpec, MeterSpec
+from appliance.errors import DeviceError, DeviceTimeout, ProtocolError, StoreError, TransportError
+from appliance.hw.rs485 import SerialPort
+from appliance.model import epoch
+from appliance.store import Store
+from appliance.store.readings import save_readings
+
+log = logging.getLogger(__name__)
+
+REOPEN_MIN_S, REOPEN_MAX_S = 1.0, 60.0
+
+
+class BusWorker(threading.Thread):
+    """Polls the meters of one bus and stores each poll's readings in one transaction."""
+
+    def __init__(
+        self,
+        spec: BusSpec,
+        meters: list[MeterSpec],
+        store_factory: Callable[[], Store],
+        clock: Clock,
+        on_new_readings: Callable[[], None],
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name=f"bus-{spec.name}", daemon=True)
+        self.spec, self.meters, self.clock = spec, meters, clock
+        self._store_factory, self._notify, self._halt = store_factory, on_new_readings, stop
+        self.port = SerialPort(spec)
+        self.heartbeat = time.monotonic()  # the main loop's watchdog reads this
+        self.polls = self.failures = 0
+        self._failing: set[str] = set()
+
+    def run(self) -> None:
+        """Poll until told to stop."""
+        store = self._store_factory()
+        reader = ModbusReader(self.port, self.spec)
+        next_due = {meter.id: self.clock.now() for meter in self.meters}
+        reopen_delay = REOPEN_MIN_S
+        try:
+            while not self._halt.is_set():
+                self.heartbeat = time.monotonic()
+                if not self.port.is_open:
+                    try:
+                        self.port.open()
+                        log.info("bus %s: %s open", self.spec.name, self.spec.device)
+                        reopen_delay = REOPEN_MIN_S
+                    except TransportError as exc:
+                        if reopen_delay == REOPEN_MIN_S:
+                            log.error("%s; retrying", exc)
+                        self._halt.wait(reopen_delay)
+                        reopen_delay = min(reopen_delay * 2, REOPEN_MAX_S)
+                        continue
+                meter = min(self.meters, key=lambda m: next_due[m.id])
+                wait = (next_due[meter.id] - self.clock.now()).total_seconds()
+                if wait > 0:
+                    self._halt.wait(min(wait, 1.0))
+                    continue
+                slot = self.clock.slot_start(meter.poll_interval_s)
+                self._poll(store, reader, meter, slot)
+                next_due[meter.id] = slot + timedelta(seconds=meter.poll_interval_s)
+        finally:
+            self.port.close()
+            store.close()
+
+    def _poll(self, store: Store, reader: ModbusReader, meter: MeterSpec, slot: datetime) -> None:
+        self.polls += 1
+        try:
+            readings = reader.read(meter, get_model(meter.model), slot)
+        except (DeviceTimeout, ProtocolError, DeviceError) as exc:
+            self.failures += 1
+            if meter.id not in self._failing:  # once per failure streak, not once per poll
+                log.warning("bus %s: meter %s: %s", self.spec.name, meter.id, exc)
+                self._failing.add(meter.id)
+            return
+        except TransportError as exc:
+            log.error("%s", exc)
+            return
+        if meter.id in self._failing:
+            log.info("bus %s: meter %s answers again", self.spec.name, meter.id)
+            self._failing.discard(meter.id)
+        try:
+            if save_readings(store, readings, epoch(self.clock.now())):
+                self._notify()
+        except StoreError as exc:
+            log.error("bus %s: meter %s: readings not stored: %s", self.spec.name, meter.id, exc)

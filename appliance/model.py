@@ -1,0 +1,84 @@
+"""Domain types shared by collection, store and uplink.
+
+Values are `Decimal`, never float: meter registers are exact counts and tariffs need exact sums.
+Timestamps are aware UTC datetimes at the edges and integer UTC seconds in the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+
+
+class Protocol(StrEnum):
+    """How a meter is spoken to on its bus."""
+
+    MODBUS = "modbus"
+    DLMS = "dlms"
+
+
+@dataclass(frozen=True)
+class ReadingType:
+    """An IEC 61968-9 ReadingType: 18 dotted integers (CIM-NOTES section 4)."""
+
+    code: str
+
+    def __post_init__(self) -> None:
+        parts = self.code.split(".")
+        if len(parts) != 18 or not all(p.lstrip("-").isdigit() for p in parts):
+            raise ValueError(f"ReadingType code needs 18 dotted integers, got {self.code!r}")
+
+    @property
+    def is_interval(self) -> bool:
+        """Regular data (a macro or measuring period) goes into IntervalBlocks; the rest are Readings."""
+        macro_period, _aggregate, measuring_period = self.code.split(".")[:3]
+        return macro_period != "0" or measuring_period != "0"
+
+
+_UNITS = {
+    "5": "A",
+    "29": "V",
+    "33": "Hz",
+    "38": "W",
+    "61": "VA",
+    "63": "var",
+    "65": "",
+    "71": "VAh",
+    "72": "Wh",
+    "73": "varh",
+    "42": "m3",
+}
+_PREFIXES = {"0": "", "3": "k", "6": "M", "-3": "m"}
+
+
+def unit_symbol(reading_type: ReadingType) -> str:
+    """A human unit for a ReadingType ("kWh", "V"), from its multiplier and unit fields."""
+    parts = reading_type.code.split(".")
+    return _PREFIXES.get(parts[15], f"e{parts[15]} ") + _UNITS.get(parts[16], f"unit {parts[16]}")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One value of one meter at one instant, as stored and as sent."""
+
+    meter_id: str
+    reading_type: ReadingType
+    timestamp: datetime
+    value: Decimal
+    qualities: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.timestamp.tzinfo is None:
+            raise ValueError("Reading timestamps must be timezone-aware")
+
+
+def utc_from_epoch(seconds: int) -> datetime:
+    """The aware UTC datetime for integer epoch seconds (the store's time format)."""
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def epoch(moment: datetime) -> int:
+    """Integer epoch seconds of an aware datetime."""
+    return int(moment.timestamp())

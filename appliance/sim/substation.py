@@ -1,0 +1,162 @@
+"""A whole simulated substation around a real daemon process: the demo's engine and the tests' rig.
+
+Layout of the run directory: ttyA/ttyA-meters (pty pairs), pki/ (test CA and certificates),
+broker/ (mosquitto.conf and its log), data/ (the store), overlay.toml (what only the rig knows),
+hes.log (the daemon's output).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import tomli_w
+
+from appliance.config import Config, load_config
+from appliance.model import unit_symbol
+from appliance.sim.broker import Mosquitto
+from appliance.sim.mdm import MdmListener, Received
+from appliance.sim.modbus_meter import SimulatedModbusBus
+from appliance.sim.pki import TestPki
+from appliance.sim.ptys import PtyPair
+from appliance.store import Store
+from appliance.uplink.cim import format_time
+
+
+class Substation:
+    """Simulated buses and broker for the daemon configured by `base_config`."""
+
+    def __init__(self, run_dir: Path, base_config: Path, broker: tuple[str, int] | None = None) -> None:
+        self.run_dir = run_dir
+        self.base_config = base_config
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.pki = None if broker else TestPki(run_dir / "pki")
+        self.broker = None if broker else Mosquitto(run_dir / "broker", self.pki)
+        self.broker_address = broker or (self.broker.host, self.broker.port)
+        with base_config.open("rb") as handle:
+            raw = tomllib.load(handle)
+        bus_names = sorted({m.get("bus", "") for m in raw.get("meters", [])})
+        self.ptys = {name: PtyPair(run_dir, name) for name in bus_names}
+        self.overlay = run_dir / "overlay.toml"
+        self.overlay.write_text(tomli_w.dumps(self._overlay()))
+        self.config: Config = load_config(base_config, self.overlay)
+        self.simulators = {
+            name: SimulatedModbusBus(
+                pair.peer,
+                [(m.address, m.model) for m in self.config.meters if m.bus == name],
+                seed=index,
+                log=run_dir / f"sim-{name}.log",
+            )
+            for index, (name, pair) in enumerate(self.ptys.items())
+        }
+        self.daemon: subprocess.Popen | None = None
+        self.log = run_dir / "hes.log"
+
+    def _overlay(self) -> dict:
+        host, port = self.broker_address
+        mqtt: dict = {"host": host, "port": port, "tls": self.pki is not None}
+        if self.pki is not None:
+            device = self.pki.issue("hes-device")
+            mqtt |= {"ca_file": str(self.pki.ca), "cert_file": str(device.cert), "key_file": str(device.key)}
+        return {
+            "hes": {"data_dir": str(self.run_dir / "data")},
+            "mqtt": mqtt,
+            "buses": {name: {"device": str(pair.device)} for name, pair in self.ptys.items()},
+        }
+
+    def start(self) -> Substation:
+        """Bring up the ptys, the simulated meters and the broker (not the daemon)."""
+        for name, pair in self.ptys.items():
+            pair.start()
+            self.simulators[name].start()
+        if self.broker:
+            self.broker.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop everything, the daemon first."""
+        self.stop_daemon()
+        for name, pair in self.ptys.items():
+            self.simulators[name].stop()
+            pair.stop()
+        if self.broker:
+            self.broker.stop()
+
+    def __enter__(self) -> Substation:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def start_daemon(self) -> subprocess.Popen:
+        """`hes run` with the base config and the overlay, as its own process."""
+        with self.log.open("ab") as log:
+            self.daemon = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "appliance",
+                    "run",
+                    "--config",
+                    str(self.base_config),
+                    "--config",
+                    str(self.overlay),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        return self.daemon
+
+    def stop_daemon(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+        """Send `sig` (SIGKILL for a crash) and wait; returns the exit code."""
+        if self.daemon is None:
+            return None
+        if self.daemon.poll() is None:
+            self.daemon.send_signal(sig)
+        try:
+            code = self.daemon.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.daemon.kill()
+            code = self.daemon.wait()
+        self.daemon = None
+        return code
+
+    def mdm(self, on_message: Callable[[Received], None] | None = None) -> MdmListener:
+        """An MDM listener on this substation's broker (not started)."""
+        host, port = self.broker_address
+        return MdmListener(host, port, self.config.topic(), self.pki, on_message=on_message)
+
+    def open_store(self) -> Store:
+        """The daemon's store, read-only."""
+        return Store(self.config.store_path, readonly=True)
+
+    @staticmethod
+    def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+        """Poll `predicate()` until it is true or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(interval)
+        return predicate()
+
+
+def describe(message: Received) -> str:
+    """A few lines a person can read for one message the MDM received."""
+    lines = [
+        f"MDM <- {message.header.verb} {message.header.noun}  MessageID {message.header.message_id}"
+        f"  {len(message.readings)} readings"
+    ]
+    for reading in message.readings:
+        lines.append(
+            f"    {reading.meter_id:<10} {format_time(reading.timestamp)}  {reading.reading_type.code:<40}"
+            f" {reading.value} {unit_symbol(reading.reading_type)}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""Opening the store: pragmas for durability, migrations, transactions, and small key caches.
+
+One `Store` per thread (sqlite3 connections are not shared between threads).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+from appliance.errors import StoreError
+from appliance.store.schema import MIGRATIONS
+
+
+class Store:
+    """A connection to the appliance's SQLite database."""
+
+    def __init__(self, path: Path, busy_timeout_ms: int = 5000, readonly: bool = False) -> None:
+        self.path = path
+        try:
+            if readonly:
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(path, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            if not readonly:
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the store {path}: {exc}") from exc
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._meter_keys: dict[str, int] = {}
+        self._rtype_keys: dict[str, int] = {}
+        if not readonly:
+            self.migrate()
+
+    def close(self) -> None:
+        """Close the connection (a checkpoint happens when the last one closes)."""
+        self.conn.close()
+
+    @property
+    def schema_version(self) -> int:
+        """The number of migrations applied."""
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> None:
+        """Apply the migrations this database has not seen, each in its own transaction."""
+        version = self.schema_version
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this software knows "
+                f"({len(MIGRATIONS)}): refusing to touch it"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            with self.transaction():
+                if self.schema_version != number:  # another process migrated meanwhile
+                    continue
+                for statement in MIGRATIONS[number]:
+                    self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version = {number + 1}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT: take the write lock up front, so no upgrade deadlock."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot start a transaction on {self.path}: {exc}") from exc
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            self._meter_keys.clear()  # keys cached inside the rolled-back work may not exist
+            self._rtype_keys.clear()
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.conn.execute("ROLLBACK")
+            raise StoreError(f"commit failed on {self.path}: {exc}") from exc
+
+    def meter_key(self, mrid: str) -> int:
+        """The compact key of a registered meter."""
+        key = self._meter_keys.get(mrid)
+        if key is None:
+            row = self.conn.execute("SELECT id FROM meters WHERE mrid = ?", (mrid,)).fetchone()
+            if row is None:
+                raise StoreError(f"meter {mrid!r} is not registered")
+            key = self._meter_keys[mrid] = row[0]
+        return key
+
+    def reading_type_key(self, code: str) -> int:
+        """The compact key of a ReadingType code, created on first use."""
+        key = self._rtype_keys.get(code)
+        if key is None:
+            self.conn.execute("INSERT OR IGNORE INTO reading_types (code) VALUES (?)", (code,))
+            row = self.conn.execute("SELECT id FROM reading_types WHERE code = ?", (code,)).fetchone()
+            key = self._rtype_keys[code] = row[0]
+        return key

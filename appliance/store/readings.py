@@ -1,0 +1,65 @@
+"""Readings in the store: one transaction per poll result, duplicates ignored by key."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+from appliance.model import Reading, ReadingType, epoch, utc_from_epoch
+from appliance.store.db import Store
+
+
+def save_readings(store: Store, readings: Sequence[Reading], collected_at: int) -> int:
+    """Store a poll's readings in one transaction; returns how many were new.
+
+    A reading whose (time, meter, ReadingType) is already stored is ignored, so reading the same
+    interval again stores nothing twice and queues nothing twice for the uplink.
+    """
+    if not readings:
+        return 0
+    with store.transaction() as conn:
+        rows = [
+            (
+                epoch(r.timestamp),
+                store.meter_key(r.meter_id),
+                store.reading_type_key(r.reading_type.code),
+                str(r.value),
+                ",".join(r.qualities),
+                collected_at,
+            )
+            for r in readings
+        ]
+        cursor = conn.executemany(
+            "INSERT OR IGNORE INTO readings (ts, meter, rtype, value, quality, collected_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        return cursor.rowcount
+
+
+def reading_from_row(ts: int, mrid: str, code: str, value: str, quality: str) -> Reading:
+    """A Reading from the columns the store keeps."""
+    return Reading(
+        meter_id=mrid,
+        reading_type=ReadingType(code),
+        timestamp=utc_from_epoch(ts),
+        value=Decimal(value),
+        qualities=tuple(quality.split(",")) if quality else (),
+    )
+
+
+def readings_between(store: Store, mrid: str, start: int, end: int) -> list[Reading]:
+    """A meter's stored readings with start <= ts < end, in time order (sent or not)."""
+    rows = store.conn.execute(
+        """SELECT r.ts, m.mrid, t.code, r.value, r.quality
+           FROM readings r JOIN meters m ON m.id = r.meter JOIN reading_types t ON t.id = r.rtype
+           WHERE r.ts >= ? AND r.ts < ? AND m.mrid = ?
+           ORDER BY r.ts, t.code""",
+        (start, end, mrid),
+    )
+    return [reading_from_row(*row) for row in rows]
+
+
+def count_readings(store: Store) -> int:
+    """How many readings the store holds."""
+    return store.conn.execute("SELECT count(*) FROM readings").fetchone()[0]

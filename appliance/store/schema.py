@@ -1,0 +1,59 @@
+"""The versioned schema: MIGRATIONS[n] takes a database from user_version n to n + 1.
+
+Append, never edit: a box in the field may hold any earlier version.
+"""
+
+MIGRATIONS: list[list[str]] = [
+    [
+        # Meters from the config, the MDM or discovery; `id` is the compact key readings use.
+        """CREATE TABLE meters (
+            id INTEGER PRIMARY KEY,
+            mrid TEXT NOT NULL UNIQUE,
+            bus TEXT,
+            protocol TEXT NOT NULL,
+            address INTEGER,
+            model TEXT NOT NULL,
+            source TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL
+        )""",
+        "CREATE TABLE reading_types (id INTEGER PRIMARY KEY, code TEXT NOT NULL UNIQUE)",
+        # Keyed in arrival order (time first) without a rowid: the fastest layout for appends, and
+        # the key makes a second read of the same interval a no-op (INSERT OR IGNORE).
+        """CREATE TABLE readings (
+            ts INTEGER NOT NULL,
+            meter INTEGER NOT NULL REFERENCES meters(id),
+            rtype INTEGER NOT NULL REFERENCES reading_types(id),
+            value TEXT NOT NULL,
+            quality TEXT NOT NULL DEFAULT '',
+            collected_at INTEGER NOT NULL,
+            PRIMARY KEY (ts, meter, rtype)
+        ) WITHOUT ROWID""",
+        # Readings not yet packed into an outbox message, oldest first. Fed by a trigger, so only
+        # rows that were really inserted (not ignored duplicates) ever queue for the uplink.
+        """CREATE TABLE unsent (
+            ts INTEGER NOT NULL,
+            meter INTEGER NOT NULL,
+            rtype INTEGER NOT NULL,
+            PRIMARY KEY (ts, meter, rtype)
+        ) WITHOUT ROWID""",
+        """CREATE TRIGGER readings_queue_unsent AFTER INSERT ON readings BEGIN
+            INSERT INTO unsent (ts, meter, rtype) VALUES (NEW.ts, NEW.meter, NEW.rtype);
+        END""",
+        # Messages built and kept until the broker's PUBACK; the payload is kept byte for byte so a
+        # message sent again after a crash carries the same MessageID and content.
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            message_id TEXT NOT NULL UNIQUE,
+            priority INTEGER NOT NULL,
+            topic TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            payload BLOB,
+            readings INTEGER NOT NULL DEFAULT 0,
+            oldest_ts INTEGER,
+            created_at INTEGER NOT NULL,
+            acked_at INTEGER
+        )""",
+        "CREATE INDEX outbox_pending ON outbox (priority, id) WHERE acked_at IS NULL",
+    ],
+]

@@ -1,0 +1,1 @@
+"""The uplink: CIM messages to the MDM over MQTT, and commands back."""
