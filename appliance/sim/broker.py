@@ -32,7 +32,9 @@ class Mosquitto:
         self.conf = directory / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "persistence false",
+            # Sessions and queued QoS 1 messages survive a restart, as on a production broker.
+            "persistence true",
+            f"persistence_location {directory}/",
             f"log_dest file {self.log}",
             "log_type error",
             "log_type warning",

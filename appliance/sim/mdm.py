@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from appliance.errors import MessageError
 from appliance.model import Reading
@@ -32,7 +34,11 @@ class Received:
 
 
 class MdmListener:
-    """An MQTT 5 subscriber to hes/<id>/cim/out/# (and the status topic)."""
+    """An MQTT 5 subscriber to hes/<id>/cim/out/# (and the status topic).
+
+    Like a production MDM it keeps a persistent session, so the broker queues messages for it
+    while it is away (a broker restart included, when the broker persists sessions).
+    """
 
     def __init__(
         self,
@@ -50,7 +56,8 @@ class MdmListener:
         self._on_message = on_message
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="mdm-listener", protocol=paho.MQTTv5)
+        client_id = "mdm-" + topic_root.replace("/", "-")
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         if pki is not None:
             identity = identity or pki.issue("mdm")
             client.tls_set(
@@ -68,7 +75,9 @@ class MdmListener:
 
     def start(self) -> MdmListener:
         """Connect and subscribe; waits up to 10 s for the subscription."""
-        self.client.connect_async(self.host, self.port, keepalive=30)
+        session = Properties(PacketTypes.CONNECT)
+        session.SessionExpiryInterval = 3600
+        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=session)
         self.client.loop_start()
         if not self.subscribed.wait(10):
             raise TimeoutError(f"the MDM listener could not subscribe at {self.host}:{self.port}")
@@ -114,6 +123,18 @@ class MdmListener:
         """The messages so far, in arrival order."""
         with self._lock:
             return list(self.messages)
+
+    def carriers(self) -> dict[tuple[str, str, str], set[str]]:
+        """For each reading (meter, ReadingType, time): the MessageIDs that carried it.
+
+        More than one MessageID for a reading is a duplicate the MDM could not recognise.
+        """
+        found: dict[tuple[str, str, str], set[str]] = {}
+        for message in self.snapshot():
+            for reading in message.readings:
+                key = (reading.meter_id, reading.reading_type.code, cim.format_time(reading.timestamp))
+                found.setdefault(key, set()).add(message.header.message_id)
+        return found
 
     def unique_readings(self) -> dict[tuple[str, str, str], Reading]:
         """Readings from distinct MessageIDs, keyed by (meter, ReadingType, time)."""

@@ -7,8 +7,10 @@ hes.log (the daemon's output).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 import tomli_w
 
 from appliance.config import Config, load_config
+from appliance.errors import TransportError
 from appliance.model import unit_symbol
 from appliance.sim.broker import Mosquitto
 from appliance.sim.mdm import MdmListener, Received
@@ -57,6 +60,11 @@ class Substation:
         }
         self.daemon: subprocess.Popen | None = None
         self.log = run_dir / "hes.log"
+        # What systemd does for Type=notify: a datagram socket the daemon reports READY=1 on.
+        self.notify_path = run_dir / "notify.sock"
+        self.notify_path.unlink(missing_ok=True)
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(self.notify_path))
 
     def _overlay(self) -> dict:
         host, port = self.broker_address
@@ -82,6 +90,7 @@ class Substation:
     def stop(self) -> None:
         """Stop everything, the daemon first."""
         self.stop_daemon()
+        self._notify.close()
         for name, pair in self.ptys.items():
             self.simulators[name].stop()
             pair.stop()
@@ -94,25 +103,27 @@ class Substation:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
-    def start_daemon(self) -> subprocess.Popen:
-        """`hes run` with the base config and the overlay, as its own process."""
+    def start_daemon(self, ready_timeout: float = 20) -> subprocess.Popen:
+        """`hes run` with the base config and the overlay, as its own process.
+
+        Returns once the daemon has said READY=1, as systemd would wait for it.
+        """
+        self._notify.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self._notify.recv(4096)  # stale news from an earlier daemon
+        command = [sys.executable, "-m", "appliance", "run"]
+        command += ["--config", str(self.base_config), "--config", str(self.overlay)]
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": str(self.notify_path)}
         with self.log.open("ab") as log:
-            self.daemon = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "appliance",
-                    "run",
-                    "--config",
-                    str(self.base_config),
-                    "--config",
-                    str(self.overlay),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        return self.daemon
+            self.daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+        self._notify.settimeout(0.2)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline and self.daemon.poll() is None:
+            with contextlib.suppress(TimeoutError):
+                if b"READY=1" in self._notify.recv(4096).split(b"\n"):
+                    return self.daemon
+        raise TransportError(f"the daemon did not report READY=1 within {ready_timeout} s; see {self.log}")
 
     def stop_daemon(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
         """Send `sig` (SIGKILL for a crash) and wait; returns the exit code."""

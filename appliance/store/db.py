@@ -75,16 +75,15 @@ class Store:
             raise StoreError(f"cannot start a transaction on {self.path}: {exc}") from exc
         try:
             yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.execute("COMMIT")
+        except BaseException as exc:
+            if self.conn.in_transaction:  # SQLite may have rolled back already (disk full)
+                self.conn.execute("ROLLBACK")
             self._meter_keys.clear()  # keys cached inside the rolled-back work may not exist
             self._rtype_keys.clear()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: {exc}") from exc
             raise
-        try:
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self.conn.execute("ROLLBACK")
-            raise StoreError(f"commit failed on {self.path}: {exc}") from exc
 
     def meter_key(self, mrid: str) -> int:
         """The compact key of a registered meter."""

@@ -71,7 +71,7 @@ class MqttLink:
             password = mqtt.password_file.read_text().strip() if mqtt.password_file else None
             client.username_pw_set(mqtt.username, password)
         client.will_set(self.status_topic, json.dumps({"state": "offline"}), qos=1, retain=True)
-        client.reconnect_delay_set(int(mqtt.reconnect_min_s), int(mqtt.reconnect_max_s))
+        client.reconnect_delay_set(mqtt.reconnect_min_s, mqtt.reconnect_max_s)
         client.max_inflight_messages_set(config.uplink.max_inflight)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

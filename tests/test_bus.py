@@ -1,0 +1,108 @@
+"""The bus worker against simulated meters on a real pty (pymodbus as the meter)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.clock import Clock
+from appliance.collect.bus import BusWorker
+from appliance.collect.meters.catalog import REGISTER_A_PLUS_KWH
+from appliance.config import BusSpec, MeterSpec
+from appliance.model import Protocol
+from appliance.sim.modbus_meter import SimulatedModbusBus
+from appliance.sim.ptys import PtyPair
+from appliance.store import Store
+from appliance.store.readings import readings_between
+from appliance.store.registry import register_config_meters
+
+METERS = [
+    MeterSpec("M1", "A", Protocol.MODBUS, 1, "sdm630", 1),
+    MeterSpec("M2", "A", Protocol.MODBUS, 2, "generic-wh32", 1),
+    MeterSpec("SILENT", "A", Protocol.MODBUS, 9, "sdm630", 1),  # nobody answers to unit 9
+]
+
+
+def bus_spec(device: Path) -> BusSpec:
+    return BusSpec("A", True, str(device), 9600, "N", 8, 1, False, timeout_ms=200, retries=1)
+
+
+class Rig:
+    """A BusWorker with its own store, started and stopped by the test."""
+
+    def __init__(self, tmp_path: Path, device: Path) -> None:
+        self.path = tmp_path / "hes.db"
+        store = Store(self.path)
+        register_config_meters(store, METERS, 0)
+        store.close()
+        self.notified = 0
+        self.stop = threading.Event()
+        self.worker = BusWorker(
+            bus_spec(device), METERS, lambda: Store(self.path), Clock(), self._notify, self.stop
+        )
+
+    def _notify(self) -> None:
+        self.notified += 1
+
+    def readings(self, meter: str) -> list:
+        store = Store(self.path, readonly=True)
+        try:
+            return readings_between(store, meter, 0, 2**40)
+        finally:
+            store.close()
+
+    def wait_for_slots(self, meter: str, slots: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len({r.timestamp for r in self.readings(meter)}) >= slots:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def halt(self) -> None:
+        self.stop.set()
+        self.worker.join(timeout=5)
+        assert not self.worker.is_alive()
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> Iterator[PtyPair]:
+    with PtyPair(tmp_path, "A") as pair, SimulatedModbusBus(pair.peer, [(1, "sdm630"), (2, "generic-wh32")]):
+        yield pair
+
+
+def test_worker_polls_each_meter_once_per_slot_and_a_silent_meter_costs_only_its_timeout(
+    tmp_path: Path, bus: PtyPair
+) -> None:
+    rig = Rig(tmp_path, bus.device)
+    rig.worker.start()
+    assert rig.wait_for_slots("M2", 3, timeout=15)
+    rig.halt()
+
+    per_slot = defaultdict(list)
+    for reading in rig.readings("M1"):
+        per_slot[reading.timestamp].append(reading.reading_type)
+    assert per_slot and all(len(types) == 3 for types in per_slot.values())
+    assert all(stamp.microsecond == 0 for stamp in per_slot)
+    energy = [r.value for r in rig.readings("M2") if r.reading_type == REGISTER_A_PLUS_KWH]
+    assert len(energy) >= 3 and energy == sorted(energy) and energy[0] > 1000
+    assert rig.readings("SILENT") == []
+    # The silent meter failed every slot, and its 2 x 200 ms never kept the others from their slots.
+    assert rig.worker.failures >= 3
+    assert rig.notified >= 3
+
+
+def test_a_bus_whose_device_is_missing_waits_for_it_without_dying(tmp_path: Path) -> None:
+    pair = PtyPair(tmp_path, "late")
+    rig = Rig(tmp_path, pair.device)
+    rig.worker.start()
+    time.sleep(1.5)
+    assert rig.worker.is_alive() and rig.readings("M1") == []
+    with pair, SimulatedModbusBus(pair.peer, [(1, "sdm630")]):
+        assert rig.wait_for_slots("M1", 1, timeout=10)
+    rig.halt()

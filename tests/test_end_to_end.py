@@ -1,0 +1,162 @@
+"""End to end: simulated meters -> daemon process -> Mosquitto (TLS, client certificates) -> MDM.
+
+The checks compare what the store committed with what the MDM holds, reading by reading.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.sim.mdm import MdmListener
+from appliance.sim.substation import Substation
+from appliance.store.outbox import backlog
+from appliance.store.readings import reading_from_row
+from appliance.uplink import cim
+from tests.conftest import CimSchemas, write_config
+
+CONFIG = """
+[hes]
+id = "hes-e2e"
+log_level = "debug"
+
+[uplink]
+scan_interval_s = 0.2
+batch_max_readings = 7
+
+[mqtt]
+reconnect_min_s = 0.2
+reconnect_max_s = 1
+
+[bus_defaults]
+timeout_ms = 300
+retries = 1
+
+[meter_defaults]
+poll_interval_s = 1
+
+[[meters]]
+id = "E2E-A1"
+bus = "A"
+address = 1
+model = "sdm630"
+
+[[meters]]
+id = "E2E-A2"
+bus = "A"
+address = 2
+model = "generic-wh32"
+
+[[meters]]
+id = "E2E-B1"
+bus = "B"
+address = 1
+model = "generic-wh32"
+"""
+
+
+@pytest.fixture
+def substation(tmp_path: Path) -> Iterator[Substation]:
+    with Substation(tmp_path / "run", write_config(tmp_path / "hes.toml", CONFIG)) as station:
+        yield station
+
+
+def stored_readings(substation: Substation) -> dict[tuple[str, str, str], str]:
+    """Every reading the store committed, keyed like MdmListener.carriers()."""
+    store = substation.open_store()
+    try:
+        rows = store.conn.execute(
+            """SELECT r.ts, m.mrid, t.code, r.value, r.quality FROM readings r
+               JOIN meters m ON m.id = r.meter JOIN reading_types t ON t.id = r.rtype"""
+        ).fetchall()
+    finally:
+        store.close()
+    readings = [reading_from_row(*row) for row in rows]
+    return {(r.meter_id, r.reading_type.code, cim.format_time(r.timestamp)): str(r.value) for r in readings}
+
+
+def silence_meters_and_drain(substation: Substation, timeout: float = 20) -> None:
+    """Stop the simulated meters, then wait until the outbox has nothing left to send."""
+    for simulator in substation.simulators.values():
+        simulator.stop()
+
+    def drained() -> bool:
+        store = substation.open_store()
+        try:
+            waiting = backlog(store)
+        finally:
+            store.close()
+        return waiting["unsent_readings"] == 0 and waiting["pending_messages"] == 0
+
+    assert substation.wait_for(drained, timeout), f"outbox not drained; see {substation.log}"
+
+
+def assert_mdm_holds_exactly_the_store(substation: Substation, mdm: MdmListener) -> None:
+    """Every committed reading arrived, with its value, under exactly one MessageID."""
+    stored = stored_readings(substation)
+    assert stored, "nothing was collected"
+    assert substation.wait_for(lambda: len(mdm.carriers()) >= len(stored), timeout=10)
+    carriers = mdm.carriers()
+    assert set(carriers) == set(stored)
+    assert {k: str(r.value) for k, r in mdm.unique_readings().items()} == stored
+    twice = {key: ids for key, ids in carriers.items() if len(ids) > 1}
+    assert not twice, f"readings under more than one MessageID: {twice}"
+    assert not mdm.errors
+
+
+def test_readings_reach_the_mdm_as_valid_cim(substation: Substation, cim_schemas: CimSchemas) -> None:
+    with substation.mdm() as mdm:
+        substation.start_daemon()
+        meters = {m.id for m in substation.config.meters}
+        assert substation.wait_for(
+            lambda: {r.meter_id for m in mdm.snapshot() for r in m.readings} == meters, 20
+        )
+        silence_meters_and_drain(substation)
+        assert substation.stop_daemon() == 0
+        assert_mdm_holds_exactly_the_store(substation, mdm)
+        for message in mdm.snapshot():
+            cim_schemas.validate(message.payload)
+            assert message.topic == "hes/hes-e2e/cim/out/MeterReadings"
+            assert message.content_type == "application/xml"
+            assert (message.header.verb, message.header.noun, message.header.source) == (
+                "created",
+                "MeterReadings",
+                "hes-e2e",
+            )
+            assert len(message.readings) <= 7
+        assert len({m.header.message_id for m in mdm.snapshot()}) == len(mdm.snapshot())
+        assert json.loads(mdm.status or b"{}") == {"state": "offline"}
+
+
+def test_a_broker_outage_loses_nothing(substation: Substation) -> None:
+    assert substation.broker is not None
+    with substation.mdm() as mdm:
+        substation.start_daemon()
+        assert substation.wait_for(lambda: len(mdm.snapshot()) >= 3, 20)
+        substation.broker.stop()
+        during = len(stored_readings(substation))
+        time.sleep(3)
+        assert len(stored_readings(substation)) > during, "collection stopped with the broker"
+        substation.broker.start()
+        silence_meters_and_drain(substation, timeout=30)
+        assert substation.stop_daemon() == 0
+        assert_mdm_holds_exactly_the_store(substation, mdm)
+
+
+def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing(substation: Substation) -> None:
+    chance = random.Random(20261124)
+    with substation.mdm() as mdm:
+        for _ in range(4):
+            substation.start_daemon()
+            time.sleep(chance.uniform(0.8, 3.0))
+            assert substation.stop_daemon(signal.SIGKILL) == -signal.SIGKILL
+        substation.start_daemon()
+        silence_meters_and_drain(substation)
+        assert substation.stop_daemon() == 0
+        assert_mdm_holds_exactly_the_store(substation, mdm)
