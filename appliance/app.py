@@ -14,11 +14,14 @@ import socket
 import threading
 import time
 
+from appliance import status
 from appliance.clock import Clock
 from appliance.collect.bus import BusWorker
 from appliance.config import Config
+from appliance.errors import HesError
+from appliance.housekeeping import Housekeeping
 from appliance.model import epoch
-from appliance.store import Store
+from appliance.store import Store, open_store
 from appliance.store.registry import register_config_meters
 from appliance.uplink.mqtt import MqttLink
 from appliance.uplink.outbox import OutboxPump
@@ -50,22 +53,26 @@ def run(config: Config) -> int:
     """Run the daemon until SIGTERM or SIGINT; returns the process exit code."""
     setup_logging(config.hes.log_level)
     clock = Clock()
-
-    def open_store() -> Store:
-        return Store(config.store_path, config.store.busy_timeout_ms)
-
-    store = open_store()
+    store = open_store(config)
     register_config_meters(store, config.meters, epoch(clock.now()))
-    store.close()
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
 
+    housekeeping = Housekeeping(config, clock)
     link = MqttLink(config, queue.Queue())
-    pump = OutboxPump(config, open_store, link, clock, stop)
+    pump = OutboxPump(config, lambda: open_store(config), link, clock, housekeeping, stop)
     workers = [
-        BusWorker(bus, [m for m in config.meters if m.bus == name], open_store, clock, pump.notify, stop)
+        BusWorker(
+            bus,
+            [m for m in config.meters if m.bus == name],
+            lambda: open_store(config),
+            clock,
+            housekeeping,
+            pump.notify,
+            stop,
+        )
         for name, bus in config.buses.items()
         if bus.enabled and any(m.bus == name for m in config.meters)
     ]
@@ -85,6 +92,7 @@ def run(config: Config) -> int:
     sd_notify("READY=1")
 
     exit_code = 0
+    next_status = 0.0
     while not stop.wait(1.0):
         dead = [t.name for t in threads if not t.is_alive()]
         if dead:
@@ -93,6 +101,9 @@ def run(config: Config) -> int:
             break
         if all(time.monotonic() - t.heartbeat < STALL_S for t in threads):
             sd_notify("WATCHDOG=1")
+        if time.monotonic() >= next_status:
+            next_status = time.monotonic() + config.uplink.status_interval_s
+            _report_status(config, store, clock, link, pump, workers)
 
     sd_notify("STOPPING=1")
     log.info("stopping")
@@ -100,4 +111,26 @@ def run(config: Config) -> int:
     for thread in threads:
         thread.join(timeout=10)
     link.stop()
+    store.close()
     return exit_code
+
+
+def _report_status(
+    config: Config, store: Store, clock: Clock, link: MqttLink, pump: OutboxPump, workers: list[BusWorker]
+) -> None:
+    """Refresh the retained status message and status.json; a failure here never stops the daemon."""
+    try:
+        document = status.snapshot(
+            config,
+            store,
+            clock,
+            connected=link.connected.is_set(),
+            drain_rate=pump.drain_rate(),
+            published=pump.published,
+            acknowledged=pump.acknowledged,
+            buses=workers,
+        )
+        status.write_status_file(config, document)
+        link.publish_status(document)
+    except (HesError, OSError) as exc:
+        log.warning("status not refreshed: %s", exc)

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from appliance import __version__
 from appliance.app import run
-from appliance.config import load_config
+from appliance.clock import Clock
+from appliance.config import Config, load_config
 from appliance.errors import ConfigError, HesError
+from appliance.status import format_status, read_status
+from appliance.store import open_store
+from appliance.uplink import compact
 
 EXIT_CONFIG = 2
+DEFAULT_CONFIG = Path("/etc/hes/hes.toml")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +62,29 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="validate config files", description="Validate config files laid over the template."
     )
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+
+    status = commands.add_parser(
+        "status",
+        help="show the daemon's health and the uplink backlog",
+        description="The daemon's last status (status.json in hes.data_dir) with the backlog read "
+        "fresh from the store (read-only): works whether or not the daemon runs.",
+    )
+    status.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help=f"config file(s) of the box (default: {DEFAULT_CONFIG})",
+    )
+    status.add_argument("--json", action="store_true", help="print the status document as JSON")
+
+    decode = commands.add_parser(
+        "decode",
+        help="turn a compact (CBOR) message back into CIM XML",
+        description="Print the IEC 61968-100 XML message that the XML encoding would have sent.",
+    )
+    decode.add_argument("file", type=Path, nargs="?", metavar="FILE", help="the message (default: stdin)")
     return parser
 
 
@@ -69,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(*args.files)
             print(f"ok: {len(config.meters)} meters on buses {', '.join(sorted(config.buses))}")
             return 0
+        if args.command == "status":
+            return _status(load_config(*(args.config or [DEFAULT_CONFIG])), args.json)
+        if args.command == "decode":
+            data = args.file.read_bytes() if args.file else sys.stdin.buffer.read()
+            sys.stdout.buffer.write(compact.to_xml(data) + b"\n")
+            return 0
         if args.command == "demo":
             # The simulator's packages (extra "sim") are not installed on the appliance itself.
             from appliance.sim.demo import run_demo  # noqa: PLC0415
@@ -80,4 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     except HesError as exc:
         print(f"hes: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"hes: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return 1
     return 1
+
+
+def _status(config: Config, as_json: bool) -> int:
+    store = open_store(config, readonly=True) if config.store_path.exists() else None
+    try:
+        document = read_status(config, store, Clock())
+    finally:
+        if store is not None:
+            store.close()
+    print(json.dumps(document, indent=2) if as_json else format_status(document))
+    return 0

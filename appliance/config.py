@@ -34,6 +34,8 @@ class HesSection:
 class StoreSection:
     file: Path
     busy_timeout_ms: int
+    retention_days: int
+    max_size_mb: int
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class UplinkSection:
     batch_max_bytes: int
     max_inflight: int
     scan_interval_s: float
+    encoding: str
+    status_interval_s: float
+    housekeeping_interval_s: float
 
 
 @dataclass(frozen=True)
@@ -267,6 +272,8 @@ class _Loader:
                 "one of debug, info, warning, error",
             ),
             (config.store.busy_timeout_ms >= 0, "store.busy_timeout_ms", "0 or more"),
+            (config.store.retention_days >= 0, "store.retention_days", "0 or more days"),
+            (config.store.max_size_mb >= 1, "store.max_size_mb", "1 MiB or more"),
             (1 <= config.mqtt.port <= 65535, "mqtt.port", "a TCP port, 1-65535"),
             (bool(config.mqtt.host), "mqtt.host", "the broker's host name or address"),
             (config.mqtt.keepalive_s >= 5, "mqtt.keepalive_s", "5 seconds or more"),
@@ -280,6 +287,13 @@ class _Loader:
             (config.uplink.batch_max_bytes >= 4096, "uplink.batch_max_bytes", "4096 or more"),
             (1 <= config.uplink.max_inflight <= 100, "uplink.max_inflight", "1-100"),
             (config.uplink.scan_interval_s > 0, "uplink.scan_interval_s", "more than 0"),
+            (config.uplink.encoding in {"xml", "cbor"}, "uplink.encoding", "xml or cbor"),
+            (config.uplink.status_interval_s >= 1, "uplink.status_interval_s", "1 second or more"),
+            (
+                config.uplink.housekeeping_interval_s >= 1,
+                "uplink.housekeeping_interval_s",
+                "1 second or more",
+            ),
         ]
         if config.mqtt.tls:
             for name in ("ca_file", "cert_file", "key_file"):

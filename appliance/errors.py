@@ -21,6 +21,10 @@ class StoreError(HesError):
     """The SQLite store cannot be opened, migrated or written."""
 
 
+class StoreFull(StoreError):
+    """The database reached its size cap or the disk is full: make room, then try again."""
+
+
 class ProtocolError(HesError):
     """Bytes from a device do not form a valid frame or answer (bad CRC, wrong length, ...)."""
 

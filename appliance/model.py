@@ -6,6 +6,7 @@ Timestamps are aware UTC datetimes at the edges and integer UTC seconds in the s
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -72,6 +73,35 @@ class Reading:
     def __post_init__(self) -> None:
         if self.timestamp.tzinfo is None:
             raise ValueError("Reading timestamps must be timezone-aware")
+
+
+def by_series(readings: Iterable[Reading]) -> dict[str, dict[ReadingType, list[Reading]]]:
+    """Readings per meter and ReadingType, each level sorted (meter id, code, time).
+
+    The one order every encoding of a batch uses, so XML and compact forms agree exactly.
+    """
+    grouped: dict[str, dict[ReadingType, list[Reading]]] = {}
+    for reading in sorted(readings, key=lambda r: (r.meter_id, r.reading_type.code, r.timestamp)):
+        grouped.setdefault(reading.meter_id, {}).setdefault(reading.reading_type, []).append(reading)
+    return grouped
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened at a meter or in the HES itself, as an IEC 61968-9 EndDeviceEvent."""
+
+    device_id: str  # the meter's mRID, or the HES id for the appliance's own alarms
+    event_type: str  # EndDeviceEventType code type.domain.subDomain.eventOrAction
+    created: datetime
+    reason: str = ""
+    severity: str = ""
+    details: tuple[tuple[str, str], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.created.tzinfo is None:
+            raise ValueError("Event times must be timezone-aware")
+        if len(self.event_type.split(".")) != 4:
+            raise ValueError(f"EndDeviceEventType needs 4 dotted parts, got {self.event_type!r}")
 
 
 def utc_from_epoch(seconds: int) -> datetime:

@@ -24,6 +24,9 @@ class CimSchemas:
             "MeterReadings": xmlschema.XMLSchema(
                 SHARED_CIM / "connexo" / "meterreadings" / "MeterReadings.xsd"
             ),
+            "EndDeviceEvents": xmlschema.XMLSchema(
+                SHARED_CIM / "connexo" / "enddeviceevents" / "EndDeviceEvents.xsd"
+            ),
         }
 
     def validate(self, message: bytes) -> None:

@@ -13,14 +13,17 @@ import pytest
 from appliance.clock import Clock
 from appliance.collect.bus import BusWorker
 from appliance.collect.meters.catalog import REGISTER_A_PLUS_KWH
-from appliance.config import BusSpec, MeterSpec
+from appliance.config import BusSpec, MeterSpec, load_config
+from appliance.housekeeping import Housekeeping
 from appliance.model import Protocol
 from appliance.sim.modbus_meter import SimulatedModbusBus
 from appliance.sim.ptys import PtyPair
 from appliance.store import Store
 from appliance.store.readings import readings_between
 from appliance.store.registry import register_config_meters
+from tests.conftest import REPO
 
+NO_TLS = REPO / "tests" / "data" / "no-tls.toml"
 METERS = [
     MeterSpec("M1", "A", Protocol.MODBUS, 1, "sdm630", 1),
     MeterSpec("M2", "A", Protocol.MODBUS, 2, "generic-wh32", 1),
@@ -42,8 +45,10 @@ class Rig:
         store.close()
         self.notified = 0
         self.stop = threading.Event()
+        clock = Clock()
+        housekeeping = Housekeeping(load_config(NO_TLS), clock)
         self.worker = BusWorker(
-            bus_spec(device), METERS, lambda: Store(self.path), Clock(), self._notify, self.stop
+            bus_spec(device), METERS, lambda: Store(self.path), clock, housekeeping, self._notify, self.stop
         )
 
     def _notify(self) -> None:

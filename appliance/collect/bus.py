@@ -17,10 +17,9 @@ from appliance.collect.meters import get_model
 from appliance.collect.readers import ModbusReader
 from appliance.config import BusSpec, MeterSpec
 from appliance.errors import DeviceError, DeviceTimeout, ProtocolError, StoreError, TransportError
+from appliance.housekeeping import Housekeeping
 from appliance.hw.rs485 import SerialPort
-from appliance.model import epoch
 from appliance.store import Store
-from appliance.store.readings import save_readings
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +35,12 @@ class BusWorker(threading.Thread):
         meters: list[MeterSpec],
         store_factory: Callable[[], Store],
         clock: Clock,
+        housekeeping: Housekeeping,
         on_new_readings: Callable[[], None],
         stop: threading.Event,
     ) -> None:
         super().__init__(name=f"bus-{spec.name}", daemon=True)
-        self.spec, self.meters, self.clock = spec, meters, clock
+        self.spec, self.meters, self.clock, self.housekeeping = spec, meters, clock, housekeeping
         self._store_factory, self._notify, self._halt = store_factory, on_new_readings, stop
         self.port = SerialPort(spec)
         self.heartbeat = time.monotonic()  # the main loop's watchdog reads this
@@ -96,7 +96,7 @@ class BusWorker(threading.Thread):
             log.info("bus %s: meter %s answers again", self.spec.name, meter.id)
             self._failing.discard(meter.id)
         try:
-            if save_readings(store, readings, epoch(self.clock.now())):
+            if self.housekeeping.save(store, readings):
                 self._notify()
         except StoreError as exc:
             log.error("bus %s: meter %s: readings not stored: %s", self.spec.name, meter.id, exc)

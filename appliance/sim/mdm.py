@@ -17,9 +17,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from appliance.errors import MessageError
-from appliance.model import Reading
+from appliance.model import Event, Reading
 from appliance.sim.pki import Identity, TestPki
-from appliance.uplink import cim
+from appliance.uplink import cim, compact
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,10 @@ class Received:
     topic: str
     payload: bytes
     content_type: str | None
+    xml: bytes  # the payload, or the XML a compact payload stands for
     header: cim.Header
     readings: list[Reading]
+    events: list[Event]
 
 
 class MdmListener:
@@ -102,13 +104,21 @@ class MdmListener:
             self.status = message.payload
             return
         try:
-            root = cim.parse_xml(message.payload)
+            content_type = getattr(message.properties, "ContentType", None)
+            xml = (
+                compact.to_xml(message.payload)
+                if content_type == compact.CBOR_CONTENT_TYPE
+                else message.payload
+            )
+            root = cim.parse_xml(xml)
             received = Received(
                 topic=message.topic,
                 payload=message.payload,
-                content_type=getattr(message.properties, "ContentType", None),
+                content_type=content_type,
+                xml=xml,
                 header=cim.read_header(root),
-                readings=cim.read_meter_readings(root),
+                readings=cim.read_meter_readings(root) if message.topic.endswith("/MeterReadings") else [],
+                events=cim.read_end_device_events(root) if message.topic.endswith("/EndDeviceEvents") else [],
             )
         except MessageError as exc:
             with self._lock:

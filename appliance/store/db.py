@@ -12,14 +12,16 @@ from pathlib import Path
 
 import sqlite_utils
 
-from appliance.errors import StoreError
+from appliance.errors import StoreError, StoreFull
 from appliance.store.schema import MIGRATIONS
 
 
 class Store:
     """A connection to the appliance's SQLite database."""
 
-    def __init__(self, path: Path, busy_timeout_ms: int = 5000, readonly: bool = False) -> None:
+    def __init__(
+        self, path: Path, busy_timeout_ms: int = 5000, readonly: bool = False, max_size_mb: int | None = None
+    ) -> None:
         self.path = path
         try:
             if readonly:
@@ -32,6 +34,10 @@ class Store:
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            if max_size_mb is not None:
+                # A hard cap: past it SQLite answers SQLITE_FULL instead of growing the file.
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count = {max_size_mb * 1024 * 1024 // page_size}")
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the store {path}: {exc}") from exc
         self.conn = conn
@@ -73,6 +79,7 @@ class Store:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot start a transaction on {self.path}: {exc}") from exc
+        # Commit inside the try: a COMMIT that fails (disk full) must roll back like any other error.
         try:
             yield self.conn
             self.conn.execute("COMMIT")
@@ -81,6 +88,8 @@ class Store:
                 self.conn.execute("ROLLBACK")
             self._meter_keys.clear()  # keys cached inside the rolled-back work may not exist
             self._rtype_keys.clear()
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise StoreFull(f"{self.path}: {exc}") from exc
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"{self.path}: {exc}") from exc
             raise

@@ -7,8 +7,11 @@ byte-identical (same MessageID).
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from appliance.model import Reading
 from appliance.store.db import Store
@@ -60,8 +63,8 @@ def oldest_unsent(store: Store, limit: int) -> UnsentBatch:
     )
 
 
-def enqueue_message(
-    store: Store,
+def insert_message(
+    conn: sqlite3.Connection,
     *,
     message_id: str,
     priority: Priority,
@@ -69,27 +72,32 @@ def enqueue_message(
     content_type: str,
     payload: bytes,
     created_at: int,
-    carried: list[tuple[int, int, int]] = (),  # type: ignore[assignment]
+    carried: Sequence[tuple[int, int, int]] = (),
 ) -> int:
+    """Inside a caller's transaction: store a built message and take its readings off `unsent`."""
+    cursor = conn.execute(
+        """INSERT INTO outbox (message_id, priority, topic, content_type, payload, readings,
+                               oldest_ts, created_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+        (
+            message_id,
+            int(priority),
+            topic,
+            content_type,
+            payload,
+            len(carried),
+            min((k[0] for k in carried), default=None),
+            created_at,
+        ),
+    )
+    conn.executemany("DELETE FROM unsent WHERE ts = ? AND meter = ? AND rtype = ?", carried)
+    return cursor.lastrowid
+
+
+def enqueue_message(store: Store, **message: Any) -> int:
     """Store a built message and take the readings it carries off the unsent queue, atomically."""
     with store.transaction() as conn:
-        cursor = conn.execute(
-            """INSERT INTO outbox (message_id, priority, topic, content_type, payload, readings,
-                                   oldest_ts, created_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-            (
-                message_id,
-                int(priority),
-                topic,
-                content_type,
-                payload,
-                len(carried),
-                min((k[0] for k in carried), default=None),
-                created_at,
-            ),
-        )
-        conn.executemany("DELETE FROM unsent WHERE ts = ? AND meter = ? AND rtype = ?", carried)
-        return cursor.lastrowid
+        return insert_message(conn, **message)
 
 
 def pending_messages(

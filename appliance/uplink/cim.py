@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from lxml import etree
 
 from appliance.errors import MessageError
-from appliance.model import Reading, ReadingType
+from appliance.model import Event, Reading, ReadingType, by_series
 
 MESSAGE_NS = "http://iec.ch/TC57/2011/schema/message"
 XML_CONTENT_TYPE = "application/xml"
@@ -86,31 +86,30 @@ def event_message(header: Header, payload: etree._Element) -> bytes:
 
 
 def meter_readings(readings: Sequence[Reading]) -> etree._Element:
-    """A MeterReadings payload: per meter, interval data in IntervalBlocks, registers in Readings."""
+    """A MeterReadings payload: per meter, interval data in IntervalBlocks, registers in Readings.
+
+    Meters, ReadingTypes and times appear in sorted order (`by_series`), whatever order the
+    readings came in: the XML is a function of the set, which the compact encoding relies on.
+    """
     ns = noun_namespace("MeterReadings")
     root = etree.Element(f"{{{ns}}}MeterReadings", nsmap={None: ns})
-    by_meter: dict[str, list[Reading]] = {}
-    for reading in readings:
-        by_meter.setdefault(reading.meter_id, []).append(reading)
-    for meter_id, meter_list in by_meter.items():
+    for meter_id, series in by_series(readings).items():
         meter_reading = _sub(root, ns, "MeterReading")
-        blocks: dict[ReadingType, list[Reading]] = {}
-        for reading in meter_list:
-            if reading.reading_type.is_interval:
-                blocks.setdefault(reading.reading_type, []).append(reading)
-        for reading_type, block in blocks.items():
-            element = _sub(meter_reading, ns, "IntervalBlocks")
-            for reading in sorted(block, key=lambda r: r.timestamp):
-                _value(_sub(element, ns, "IntervalReadings"), ns, reading)
-            _sub(element, ns, "ReadingType").set("ref", reading_type.code)
+        for reading_type, values in series.items():
+            if reading_type.is_interval:
+                element = _sub(meter_reading, ns, "IntervalBlocks")
+                for reading in values:
+                    _value(_sub(element, ns, "IntervalReadings"), ns, reading)
+                _sub(element, ns, "ReadingType").set("ref", reading_type.code)
         meter = _sub(meter_reading, ns, "Meter")
         _sub(meter, ns, "mRID", meter_id)
         _sub(_sub(meter, ns, "Names"), ns, "name", meter_id)
-        for reading in meter_list:
-            if not reading.reading_type.is_interval:
-                element = _sub(meter_reading, ns, "Readings")
-                _value(element, ns, reading)
-                _sub(element, ns, "ReadingType").set("ref", reading.reading_type.code)
+        for reading_type, values in series.items():
+            if not reading_type.is_interval:
+                for reading in values:
+                    element = _sub(meter_reading, ns, "Readings")
+                    _value(element, ns, reading)
+                    _sub(element, ns, "ReadingType").set("ref", reading_type.code)
     return root
 
 
@@ -192,10 +191,10 @@ def read_meter_readings(root: etree._Element) -> list[Reading]:
     return readings
 
 
-def _reading_type_ref(element: etree._Element, ns: str) -> str:
-    found = element.find(f"{{{ns}}}ReadingType")
+def _reading_type_ref(element: etree._Element, ns: str, tag: str = "ReadingType") -> str:
+    found = element.find(f"{{{ns}}}{tag}")
     if found is None or not found.get("ref"):
-        raise MessageError("reading without ReadingType/@ref")
+        raise MessageError(f"{etree.QName(element).localname} without {tag}/@ref")
     return found.get("ref")
 
 
@@ -213,3 +212,50 @@ def _reading(element: etree._Element, ns: str, meter_id: str, code: str) -> Read
         )
     except (ValueError, InvalidOperation) as exc:
         raise MessageError(f"bad reading for meter {meter_id}: {exc}") from None
+
+
+def end_device_events(events: Sequence[Event]) -> etree._Element:
+    """An EndDeviceEvents payload (Connexo enddeviceevents/EndDeviceEvents.xsd element order)."""
+    ns = noun_namespace("EndDeviceEvents")
+    root = etree.Element(f"{{{ns}}}EndDeviceEvents", nsmap={None: ns})
+    for event in events:
+        element = _sub(root, ns, "EndDeviceEvent")
+        _sub(element, ns, "createdDateTime", format_time(event.created))
+        if event.reason:
+            _sub(element, ns, "reason", event.reason)
+        if event.severity:
+            _sub(element, ns, "severity", event.severity)
+        _sub(_sub(element, ns, "Assets"), ns, "mRID", event.device_id)
+        for name, value in event.details:
+            detail = _sub(element, ns, "EndDeviceEventDetails")
+            _sub(detail, ns, "name", name)
+            _sub(detail, ns, "value", value)
+        _sub(element, ns, "EndDeviceEventType").set("ref", event.event_type)
+    return root
+
+
+def read_end_device_events(root: etree._Element) -> list[Event]:
+    """The events in a parsed message whose Payload holds EndDeviceEvents."""
+    ns = noun_namespace("EndDeviceEvents")
+    payload = root.find(f"{{{MESSAGE_NS}}}Payload/{{{ns}}}EndDeviceEvents")
+    if payload is None:
+        raise MessageError("no EndDeviceEvents payload")
+    events = []
+    for element in payload.iterfind(f"{{{ns}}}EndDeviceEvent"):
+        try:
+            events.append(
+                Event(
+                    device_id=_text(element, ns, "m:Assets/m:mRID") or "",
+                    event_type=_reading_type_ref(element, ns, "EndDeviceEventType"),
+                    created=parse_time(_text(element, ns, "m:createdDateTime") or ""),
+                    reason=_text(element, ns, "m:reason") or "",
+                    severity=_text(element, ns, "m:severity") or "",
+                    details=tuple(
+                        (_text(d, ns, "m:name") or "", _text(d, ns, "m:value") or "")
+                        for d in element.iterfind(f"{{{ns}}}EndDeviceEventDetails")
+                    ),
+                )
+            )
+        except ValueError as exc:
+            raise MessageError(f"bad EndDeviceEvent: {exc}") from None
+    return events

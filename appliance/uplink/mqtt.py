@@ -94,6 +94,11 @@ class MqttLink:
         self.client.disconnect()  # before loop_stop, or loop_stop waits a second
         self.client.loop_stop()
 
+    def publish_status(self, document: dict) -> None:
+        """Replace the retained status message (QoS 1; skipped while the link is down)."""
+        if self.connected.is_set():
+            self.client.publish(self.status_topic, json.dumps(document), qos=1, retain=True)
+
     def publish(self, topic: str, payload: bytes, content_type: str) -> int:
         """Queue a QoS 1 publish; returns paho's mid, whose Ack will arrive on the events queue.
 

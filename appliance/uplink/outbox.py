@@ -4,21 +4,25 @@ Order of events for a batch: build the message (new MessageID) -> store it and t
 off the unsent queue in one transaction -> publish (QoS 1) -> on PUBACK mark it acknowledged.
 A crash anywhere in between leaves the message in the store, and the next start publishes the
 same bytes again: the MDM sees at most a duplicate under a MessageID it already has.
+
+Messages go out by priority (answers, then alarms, then readings), each class oldest first, so a
+fresh alarm overtakes a backlog of days of readings after one message's round trip at most.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
 from appliance.clock import Clock
 from appliance.config import Config
-from appliance.errors import StoreError, TransportError
-from appliance.model import Reading, epoch
+from appliance.errors import StoreError, StoreFull, TransportError
+from appliance.housekeeping import Housekeeping
+from appliance.model import epoch
 from appliance.store import Store
 from appliance.store.outbox import (
     OutboxMessage,
@@ -28,28 +32,17 @@ from appliance.store.outbox import (
     oldest_unsent,
     pending_messages,
 )
-from appliance.uplink import cim
+from appliance.uplink.messages import build
 from appliance.uplink.mqtt import Ack, LinkChange, MqttLink
 
 log = logging.getLogger(__name__)
 
 REFUSED_RETRY_S = 30.0  # a message the broker refused waits this long before it goes again
-
-
-def readings_message(config: Config, clock: Clock, readings: list[Reading]) -> tuple[str, bytes]:
-    """A new `created MeterReadings` EventMessage: its MessageID and its XML bytes."""
-    header = cim.Header(
-        verb="created",
-        noun="MeterReadings",
-        timestamp=clock.now(),
-        source=config.hes.id,
-        message_id=str(uuid.uuid4()),
-    )
-    return header.message_id, cim.event_message(header, cim.meter_readings(readings))
+RATE_WINDOW_S = 60.0  # the drain rate is averaged over this long
 
 
 class OutboxPump(threading.Thread):
-    """The only thread that writes the outbox; paho's callbacks reach it through `events`."""
+    """The only thread that publishes; paho's callbacks reach it through the link's events queue."""
 
     def __init__(
         self,
@@ -57,15 +50,19 @@ class OutboxPump(threading.Thread):
         store_factory: Callable[[], Store],
         link: MqttLink,
         clock: Clock,
+        housekeeping: Housekeeping,
         stop: threading.Event,
     ) -> None:
         super().__init__(name="outbox", daemon=True)
-        self.config, self.link, self.clock = config, link, clock
+        self.config, self.link, self.clock, self.housekeeping = config, link, clock, housekeeping
         self._store_factory, self._halt = store_factory, stop
         self.heartbeat = time.monotonic()
-        self._inflight: dict[int, int] = {}  # paho mid -> outbox id
+        self.published = self.acknowledged = 0
+        self._inflight: dict[int, OutboxMessage] = {}  # paho mid -> message awaiting its PUBACK
         self._refused_until: dict[int, float] = {}  # outbox id -> monotonic time it may go again
-        self._acked: list[int] = []  # outbox ids acknowledged, written in one transaction per loop
+        self._acked: list[OutboxMessage] = []  # written in one transaction per loop
+        self._drained: collections.deque[tuple[float, int]] = collections.deque()  # (time, readings)
+        self._next_housekeeping = 0.0
         self._wake = object()
 
     @property
@@ -76,6 +73,13 @@ class OutboxPump(threading.Thread):
     def notify(self) -> None:
         """New readings were stored: look now rather than at the next scan."""
         self.events.put(self._wake)
+
+    def drain_rate(self) -> float:
+        """Readings acknowledged per second over the last minute."""
+        horizon = time.monotonic() - RATE_WINDOW_S
+        while self._drained and self._drained[0][0] < horizon:
+            self._drained.popleft()
+        return sum(count for _, count in self._drained) / RATE_WINDOW_S
 
     def run(self) -> None:
         """Pump until told to stop."""
@@ -88,6 +92,10 @@ class OutboxPump(threading.Thread):
                     self._flush_acks(store)
                     if self.link.connected.is_set():
                         self._fill_window(store)
+                    self._housekeeping(store)
+                except StoreFull as exc:
+                    log.warning("outbox: %s; making room", exc)
+                    self.housekeeping.make_room(store)
                 except (StoreError, TransportError) as exc:
                     log.error("outbox: %s", exc)
                     self._halt.wait(1.0)
@@ -108,35 +116,43 @@ class OutboxPump(threading.Thread):
     def _handle(self, items: list[object]) -> None:
         for item in items:
             if isinstance(item, Ack):
-                outbox_id = self._inflight.pop(item.mid, None)
-                if outbox_id is None:
-                    continue  # the status message, or a message from before a restart
+                message = self._inflight.pop(item.mid, None)
+                if message is None:
+                    continue  # the status message
                 if item.ok:
-                    self._acked.append(outbox_id)
+                    self._acked.append(message)
                 else:
-                    log.error("broker refused outbox message %d: %s; retrying later", outbox_id, item.reason)
-                    self._refused_until[outbox_id] = time.monotonic() + REFUSED_RETRY_S
+                    log.error(
+                        "broker refused message %s: %s; retrying later", message.message_id, item.reason
+                    )
+                    self._refused_until[message.id] = time.monotonic() + REFUSED_RETRY_S
             elif isinstance(item, LinkChange) and item.connected:
                 log.debug("outbox: link up, %d messages in flight", len(self._inflight))
 
     def _flush_acks(self, store: Store) -> None:
         if self._acked:
-            mark_acked(store, self._acked, epoch(self.clock.now()))
+            mark_acked(store, [m.id for m in self._acked], epoch(self.clock.now()))
+            now = time.monotonic()
+            for message in self._acked:
+                self._drained.append((now, message.readings))
+            self.acknowledged += len(self._acked)
             self._acked.clear()
 
     def _fill_window(self, store: Store) -> None:
-        """Publish until `max_inflight` messages await their PUBACK: old messages first, then new."""
-        window = self.config.uplink.max_inflight
-        while len(self._inflight) < window:
-            message = self._next_pending(store, window) or self._pack(store)
+        """Publish until `max_inflight` messages await their PUBACK: stored messages first, then new."""
+        while len(self._inflight) < self.config.uplink.max_inflight:
+            message = self._next_pending(store) or self._pack(store)
             if message is None:
                 return
             mid = self.link.publish(message.topic, message.payload, message.content_type)
-            self._inflight[mid] = message.id
+            self._inflight[mid] = message
+            self.published += 1
 
-    def _next_pending(self, store: Store, window: int) -> OutboxMessage | None:
+    def _next_pending(self, store: Store) -> OutboxMessage | None:
         now = time.monotonic()
-        skip = set(self._inflight.values()) | {i for i, t in self._refused_until.items() if t > now}
+        skip = {m.id for m in self._inflight.values()} | {
+            i for i, t in self._refused_until.items() if t > now
+        }
         found = pending_messages(store, 1, skip)
         if found:
             self._refused_until.pop(found[0].id, None)
@@ -150,21 +166,31 @@ class OutboxPump(threading.Thread):
         if not count:
             return None
         while True:
-            message_id, payload = readings_message(self.config, self.clock, batch.readings[:count])
-            if len(payload) <= uplink.batch_max_bytes or count == 1:
+            message = build(self.config, self.clock, "MeterReadings", batch.readings[:count])
+            if len(message.payload) <= uplink.batch_max_bytes or count == 1:
                 break
-            count = max(1, count * uplink.batch_max_bytes // len(payload) * 9 // 10)
-        topic = self.config.topic("cim", "out", "MeterReadings")
+            count = max(1, count * uplink.batch_max_bytes // len(message.payload) * 9 // 10)
         outbox_id = enqueue_message(
             store,
-            message_id=message_id,
+            message_id=message.message_id,
             priority=Priority.READINGS,
-            topic=topic,
-            content_type=cim.XML_CONTENT_TYPE,
-            payload=payload,
+            topic=message.topic,
+            content_type=message.content_type,
+            payload=message.payload,
             created_at=epoch(self.clock.now()),
             carried=batch.keys[:count],
         )
         return OutboxMessage(
-            outbox_id, message_id, Priority.READINGS, topic, cim.XML_CONTENT_TYPE, payload, count
+            outbox_id,
+            message.message_id,
+            Priority.READINGS,
+            message.topic,
+            message.content_type,
+            message.payload,
+            count,
         )
+
+    def _housekeeping(self, store: Store) -> None:
+        if time.monotonic() >= self._next_housekeeping:
+            self.housekeeping.sweep(store)
+            self._next_housekeeping = time.monotonic() + self.config.uplink.housekeeping_interval_s

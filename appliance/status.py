@@ -1,0 +1,121 @@
+"""The appliance's health at a glance: what the retained status topic, status.json and `hes status` show.
+
+The daemon refreshes it every `uplink.status_interval_s`; `hes status` reads the file the daemon
+wrote and the store (read-only), so it works whether or not the daemon runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from appliance import __version__
+from appliance.clock import Clock
+from appliance.config import Config
+from appliance.model import epoch, utc_from_epoch
+from appliance.store import Store
+from appliance.store.outbox import backlog
+from appliance.store.retention import used_bytes
+from appliance.uplink.cim import format_time
+
+STATUS_FILE = "status.json"
+
+
+class _Bus(Protocol):
+    spec: Any
+    polls: int
+    failures: int
+
+
+def backlog_status(store: Store, clock: Clock) -> dict[str, Any]:
+    """Readings waiting for the uplink: how many, how old, in how many built messages."""
+    waiting = backlog(store)
+    oldest = waiting["oldest_unsent_ts"]
+    return {
+        "unsent_readings": waiting["unsent_readings"],
+        "pending_messages": waiting["pending_messages"],
+        "pending_readings": waiting["pending_readings"],
+        "oldest_unsent": format_time(utc_from_epoch(oldest)) if oldest is not None else None,
+        "oldest_unsent_age_s": epoch(clock.now()) - oldest if oldest is not None else 0,
+    }
+
+
+def snapshot(
+    config: Config,
+    store: Store,
+    clock: Clock,
+    *,
+    connected: bool,
+    drain_rate: float,
+    published: int,
+    acknowledged: int,
+    buses: list[_Bus],
+) -> dict[str, Any]:
+    """The status document of a running daemon."""
+    return {
+        "state": "online",
+        "hes_id": config.hes.id,
+        "version": __version__,
+        "time": format_time(clock.now()),
+        "backlog": backlog_status(store, clock) | {"drain_rate_per_s": round(drain_rate, 1)},
+        "uplink": {
+            "connected": connected,
+            "broker": f"{config.mqtt.host}:{config.mqtt.port}",
+            "encoding": config.uplink.encoding,
+            "messages_published": published,
+            "messages_acknowledged": acknowledged,
+        },
+        "buses": {bus.spec.name: {"polls": bus.polls, "failures": bus.failures} for bus in buses},
+        "store": {
+            "used_mb": round(used_bytes(store) / 2**20, 1),
+            "max_mb": config.store.max_size_mb,
+        },
+    }
+
+
+def write_status_file(config: Config, document: dict[str, Any]) -> None:
+    """Replace status.json atomically (a reader never sees half a file)."""
+    path = config.hes.data_dir / STATUS_FILE
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def read_status(config: Config, store: Store | None, clock: Clock) -> dict[str, Any]:
+    """What `hes status` shows: the daemon's last status, with the backlog read fresh from the store."""
+    path: Path = config.hes.data_dir / STATUS_FILE
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        document = {"state": "unknown (no status from the daemon)", "hes_id": config.hes.id}
+    if store is not None:
+        document["backlog"] = document.get("backlog", {}) | backlog_status(store, clock)
+    return document
+
+
+def format_status(document: dict[str, Any]) -> str:
+    """The status document as a few lines for an 80-column terminal."""
+    lines = [
+        f"HES {document.get('hes_id', '?')}: {document.get('state', '?')} (as of {document.get('time', '-')})"
+    ]
+    uplink = document.get("uplink")
+    if uplink:
+        lines.append(
+            f"uplink:  {'connected to' if uplink['connected'] else 'NOT connected to'} {uplink['broker']},"
+            f" {uplink['encoding']}, {uplink['messages_published']} published,"
+            f" {uplink['messages_acknowledged']} acknowledged"
+        )
+    backlog_doc = document.get("backlog", {})
+    lines.append(
+        f"backlog: {backlog_doc.get('unsent_readings', '?')} unsent readings,"
+        f" {backlog_doc.get('pending_messages', '?')} messages awaiting PUBACK,"
+        f" oldest unsent {backlog_doc.get('oldest_unsent') or '-'}"
+        + (f", draining {backlog_doc['drain_rate_per_s']}/s" if "drain_rate_per_s" in backlog_doc else "")
+    )
+    for name, bus in document.get("buses", {}).items():
+        lines.append(f"bus {name}:   {bus['polls']} polls, {bus['failures']} failed")
+    if "store" in document:
+        lines.append(f"store:   {document['store']['used_mb']} of {document['store']['max_mb']} MiB")
+    return "\n".join(lines)
