@@ -6,6 +6,7 @@ tells systemd (sd_notify) that the box is ready and alive.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import queue
@@ -32,15 +33,30 @@ STALL_S = 30.0  # a thread whose heartbeat is older than this is hung: stop feed
 
 
 def sd_notify(message: str) -> None:
-    """Tell systemd something (READY=1, WATCHDOG=1, ...); a no-op outside systemd."""
+    """Tell systemd something (READY=1, WATCHDOG=1, ...); a no-op outside systemd.
+
+    Never blocks: a notification lost because nobody reads the socket is better than a hung daemon.
+    """
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
+        try:
+            sock.connect(address)
+            sock.send(message.encode(), socket.MSG_DONTWAIT)
+        except OSError as exc:
+            log.debug("sd_notify %s not delivered: %s", message, exc)
+
+
+def watchdog_interval() -> float | None:
+    """How often systemd wants WATCHDOG=1 (half its WatchdogSec), or None when it does not."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 1e6 / 2
 
 
 def setup_logging(level: str) -> None:
@@ -59,6 +75,8 @@ def run(config: Config) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    # `kill -USR1 <pid>` writes every thread's stack to the journal: the field's way to see a hang.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     housekeeping = Housekeeping(config, clock)
     link = MqttLink(config, queue.Queue())
@@ -92,15 +110,19 @@ def run(config: Config) -> int:
     sd_notify("READY=1")
 
     exit_code = 0
-    next_status = 0.0
-    while not stop.wait(1.0):
+    next_status = next_watchdog = 0.0
+    watchdog = watchdog_interval()
+    while not stop.wait(min(1.0, watchdog or 1.0)):
         dead = [t.name for t in threads if not t.is_alive()]
         if dead:
             log.error("thread(s) %s died; stopping so systemd restarts the daemon", ", ".join(dead))
             exit_code = 1
             break
-        if all(time.monotonic() - t.heartbeat < STALL_S for t in threads):
+        # Fed only while every worker is alive and not hung: otherwise systemd restarts us.
+        alive = all(time.monotonic() - t.heartbeat < STALL_S for t in threads)
+        if watchdog and time.monotonic() >= next_watchdog and alive:
             sd_notify("WATCHDOG=1")
+            next_watchdog = time.monotonic() + watchdog
         if time.monotonic() >= next_status:
             next_status = time.monotonic() + config.uplink.status_interval_s
             _report_status(config, store, clock, link, pump, workers)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ log_level = "debug"
 [uplink]
 scan_interval_s = 0.2
 batch_max_readings = 7
+status_interval_s = 1
 
 [mqtt]
 reconnect_min_s = 0.2
@@ -64,6 +67,13 @@ model = "generic-wh32"
 @pytest.fixture
 def substation(tmp_path: Path) -> Iterator[Substation]:
     with Substation(tmp_path / "run", write_config(tmp_path / "hes.toml", CONFIG)) as station:
+        yield station
+
+
+@pytest.fixture
+def compact_substation(tmp_path: Path) -> Iterator[Substation]:
+    config = CONFIG.replace("[uplink]\n", '[uplink]\nencoding = "cbor"\n')
+    with Substation(tmp_path / "run", write_config(tmp_path / "hes.toml", config)) as station:
         yield station
 
 
@@ -160,3 +170,92 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing(substatio
         silence_meters_and_drain(substation)
         assert substation.stop_daemon() == 0
         assert_mdm_holds_exactly_the_store(substation, mdm)
+
+
+def test_compact_encoding_arrives_as_the_same_valid_cim(
+    compact_substation: Substation, cim_schemas: CimSchemas
+) -> None:
+    substation = compact_substation
+    with substation.mdm() as mdm:
+        substation.start_daemon()
+        assert substation.wait_for(lambda: len(mdm.snapshot()) >= 4, 20)
+        silence_meters_and_drain(substation)
+        assert substation.stop_daemon() == 0
+        assert_mdm_holds_exactly_the_store(substation, mdm)
+        for message in mdm.snapshot():
+            assert message.content_type == "application/cbor"
+            assert len(message.payload) * 3 < len(message.xml)
+            cim_schemas.validate(message.xml)
+
+
+def test_status_shows_the_link_and_the_backlog(substation: Substation) -> None:
+    with substation.mdm() as mdm:
+        substation.start_daemon()
+
+        def status() -> dict:
+            return json.loads(mdm.status or b"{}")
+
+        assert substation.wait_for(lambda: status().get("uplink", {}).get("messages_acknowledged", 0) > 0, 20)
+        document = status()
+        assert document["state"] == "online" and document["hes_id"] == "hes-e2e"
+        assert document["uplink"]["connected"] is True
+        assert set(document["backlog"]) >= {"unsent_readings", "oldest_unsent", "drain_rate_per_s"}
+        assert set(document["buses"]) == {"A", "B"} and document["buses"]["A"]["polls"] > 0
+        shown = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "appliance",
+                "status",
+                "-c",
+                str(substation.base_config),
+                "-c",
+                str(substation.overlay),
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "HES hes-e2e: online" in shown.stdout and "connected to 127.0.0.1" in shown.stdout
+        assert "unsent readings" in shown.stdout and "bus A:" in shown.stdout
+
+
+def test_broker_stopped_again_and_again_while_a_backlog_drains(substation: Substation) -> None:
+    assert substation.broker is not None
+    chance = random.Random(7)
+    with substation.mdm() as mdm:
+        substation.start_daemon()
+        assert substation.wait_for(lambda: len(mdm.snapshot()) >= 2, 20)
+        for _ in range(3):
+            substation.broker.stop()
+            time.sleep(chance.uniform(2.0, 4.0))  # a backlog builds up
+            substation.broker.start()
+            time.sleep(chance.uniform(0.0, 0.6))  # and the broker goes away again while it drains
+        substation.broker.stop()
+        time.sleep(1)
+        substation.broker.start()
+        silence_meters_and_drain(substation, timeout=30)
+        assert substation.stop_daemon() == 0
+        assert_mdm_holds_exactly_the_store(substation, mdm)
+
+
+@pytest.mark.slow
+def test_kill_9_fifty_times(substation: Substation) -> None:
+    chance = random.Random(50)
+    with substation.mdm() as mdm:
+        for _ in range(50):
+            substation.start_daemon()
+            time.sleep(chance.uniform(0.05, 1.5))
+            assert substation.stop_daemon(signal.SIGKILL) == -signal.SIGKILL
+        substation.start_daemon()
+        silence_meters_and_drain(substation, timeout=30)
+        assert substation.stop_daemon() == 0
+        assert_mdm_holds_exactly_the_store(substation, mdm)
+
+
+def test_the_daemon_feeds_the_watchdog_when_systemd_asks(substation: Substation) -> None:
+    substation.start_daemon(watchdog_usec=1_000_000)  # WatchdogSec=1s: a ping every half second
+    pings = [n for n in substation.notifications(2.5) if n == b"WATCHDOG=1"]
+    assert 3 <= len(pings) <= 6
+    assert substation.stop_daemon() == 0

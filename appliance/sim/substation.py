@@ -103,7 +103,7 @@ class Substation:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
-    def start_daemon(self, ready_timeout: float = 20) -> subprocess.Popen:
+    def start_daemon(self, ready_timeout: float = 20, watchdog_usec: int | None = None) -> subprocess.Popen:
         """`hes run` with the base config and the overlay, as its own process.
 
         Returns once the daemon has said READY=1, as systemd would wait for it.
@@ -115,6 +115,8 @@ class Substation:
         command = [sys.executable, "-m", "appliance", "run"]
         command += ["--config", str(self.base_config), "--config", str(self.overlay)]
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": str(self.notify_path)}
+        if watchdog_usec:
+            environment["WATCHDOG_USEC"] = str(watchdog_usec)
         with self.log.open("ab") as log:
             self.daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
         self._notify.settimeout(0.2)
@@ -124,6 +126,16 @@ class Substation:
                 if b"READY=1" in self._notify.recv(4096).split(b"\n"):
                     return self.daemon
         raise TransportError(f"the daemon did not report READY=1 within {ready_timeout} s; see {self.log}")
+
+    def notifications(self, timeout: float) -> list[bytes]:
+        """What the daemon told the notify socket within `timeout` seconds after the last read."""
+        received = []
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            self._notify.settimeout(remaining)
+            with contextlib.suppress(TimeoutError):
+                received.append(self._notify.recv(4096))
+        return received
 
     def stop_daemon(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
         """Send `sig` (SIGKILL for a crash) and wait; returns the exit code."""

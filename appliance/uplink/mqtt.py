@@ -91,6 +91,7 @@ class MqttLink:
                 self.status_topic, json.dumps({"state": "offline"}), qos=1, retain=True
             )
             info.wait_for_publish(timeout=2)
+        self.connected.clear()  # a disconnect we asked for is not a lost broker
         self.client.disconnect()  # before loop_stop, or loop_stop waits a second
         self.client.loop_stop()
 
