@@ -1,0 +1,1 @@
+"""DLMS/COSEM client, sans-I/O: HDLC, TCP wrapper, A-XDR, xDLMS APDUs and security suite 0."""
