@@ -113,6 +113,7 @@ def run(config: Config) -> int:
     next_status = next_watchdog = 0.0
     watchdog = watchdog_interval()
     while not stop.wait(min(1.0, watchdog or 1.0)):
+        link.maintain()
         dead = [t.name for t in threads if not t.is_alive()]
         if dead:
             log.error("thread(s) %s died; stopping so systemd restarts the daemon", ", ".join(dead))

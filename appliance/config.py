@@ -42,6 +42,7 @@ class StoreSection:
 class MqttSection:
     host: str
     port: int
+    protocol: str
     client_id: str
     keepalive_s: int
     tls: bool
@@ -276,6 +277,7 @@ class _Loader:
             (config.store.max_size_mb >= 1, "store.max_size_mb", "1 MiB or more"),
             (1 <= config.mqtt.port <= 65535, "mqtt.port", "a TCP port, 1-65535"),
             (bool(config.mqtt.host), "mqtt.host", "the broker's host name or address"),
+            (config.mqtt.protocol in {"auto", "5", "3.1.1"}, "mqtt.protocol", "auto, 5 or 3.1.1"),
             (config.mqtt.keepalive_s >= 5, "mqtt.keepalive_s", "5 seconds or more"),
             (
                 0 < config.mqtt.reconnect_min_s <= config.mqtt.reconnect_max_s,

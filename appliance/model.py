@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
+from functools import lru_cache
 
 
 class Protocol(StrEnum):
@@ -36,6 +37,12 @@ class ReadingType:
         """Regular data (a macro or measuring period) goes into IntervalBlocks; the rest are Readings."""
         macro_period, _aggregate, measuring_period = self.code.split(".")[:3]
         return macro_period != "0" or measuring_period != "0"
+
+
+@lru_cache(maxsize=1024)
+def reading_type(code: str) -> ReadingType:
+    """The ReadingType for `code`, validated once: a store holds a few codes, read millions of times."""
+    return ReadingType(code)
 
 
 _UNITS = {

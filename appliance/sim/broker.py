@@ -1,10 +1,13 @@
-"""A private Mosquitto on a free local port, with TLS and client certificates by default."""
+"""Private MQTT brokers on free local ports: Mosquitto (TLS and client certificates by default),
+and amqtt, a broker that speaks only MQTT 3.1.1, for the protocol fallback."""
 
 from __future__ import annotations
 
 import getpass
+import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,23 +22,78 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Mosquitto:
-    """A Mosquitto process that can be stopped and started again on the same port (outages)."""
+class _BrokerProcess:
+    """A broker process that can be stopped and started again on the same port (outages)."""
 
-    def __init__(self, directory: Path, pki: TestPki | None = None, port: int | None = None) -> None:
-        self.directory, self.pki = directory, pki
+    name = "broker"
+
+    def __init__(self, directory: Path, port: int | None) -> None:
+        self.directory = directory
         self.port = port or free_port()
         self.host = "127.0.0.1"
-        self.log = directory / "mosquitto.log"
+        self.log = directory / f"{self.name}.log"
         self._process: subprocess.Popen | None = None
         directory.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        """How to start this broker."""
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        """Whether the broker process is up."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> _BrokerProcess:
+        """Start the broker and wait until its port accepts connections."""
+        with self.log.open("ab") as log:
+            self._process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline or self._process.poll() is not None:
+                    self.stop()
+                    raise TransportError(
+                        f"{self.name} did not start on port {self.port}; see {self.log}"
+                    ) from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop the broker (an outage, as far as the HES can tell)."""
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def __enter__(self) -> _BrokerProcess:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+class Mosquitto(_BrokerProcess):
+    """Mosquitto; with a PKI, TLS is required and each client's certificate CN is its user name."""
+
+    name = "mosquitto"
+
+    def __init__(self, directory: Path, pki: TestPki | None = None, port: int | None = None) -> None:
+        super().__init__(directory, port)
+        self.pki = pki
         self.conf = directory / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",
             # Sessions and queued QoS 1 messages survive a restart, as on a production broker.
             "persistence true",
             f"persistence_location {directory}/",
-            f"log_dest file {self.log}",
+            f"log_dest file {directory / 'mosquitto-broker.log'}",
             "log_type error",
             "log_type warning",
             "log_type notice",
@@ -55,42 +113,23 @@ class Mosquitto:
             ]
         self.conf.write_text("\n".join(lines) + "\n")
 
-    @property
-    def running(self) -> bool:
-        """Whether the broker process is up."""
-        return self._process is not None and self._process.poll() is None
+    def command(self) -> list[str]:
+        return ["mosquitto", "-c", str(self.conf)]
 
-    def start(self) -> Mosquitto:
-        """Start the broker and wait until its port accepts connections."""
-        self._process = subprocess.Popen(
-            ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+
+class Amqtt(_BrokerProcess):
+    """amqtt (pure Python): answers an MQTT 5 CONNECT with 'unsupported protocol version'."""
+
+    name = "amqtt"
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        super().__init__(directory, port)
+        self.conf = directory / "amqtt.yaml"
+        self.conf.write_text(
+            f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{self.port}\n"
+            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline or self._process.poll() is not None:
-                    self.stop()
-                    raise TransportError(
-                        f"mosquitto did not start on port {self.port}; see {self.log}"
-                    ) from None
-                time.sleep(0.02)
 
-    def stop(self) -> None:
-        """Stop the broker (an outage, as far as the HES can tell)."""
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            self._process = None
-
-    def __enter__(self) -> Mosquitto:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
+    def command(self) -> list[str]:
+        executable = shutil.which("amqtt", path=str(Path(sys.executable).parent)) or "amqtt"
+        return [executable, "-c", str(self.conf)]

@@ -50,8 +50,10 @@ class MdmListener:
         pki: TestPki | None = None,
         identity: Identity | None = None,
         on_message: Callable[[Received], None] | None = None,
+        mqtt5: bool = True,
     ) -> None:
         self.topic_root = topic_root
+        self.mqtt5 = mqtt5
         self.messages: list[Received] = []
         self.errors: list[str] = []
         self.status: bytes | None = None
@@ -59,7 +61,13 @@ class MdmListener:
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
         client_id = "mdm-" + topic_root.replace("/", "-")
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        protocol = paho.MQTTv5 if mqtt5 else paho.MQTTv311
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=protocol,
+            clean_session=None if mqtt5 else False,
+        )
         if pki is not None:
             identity = identity or pki.issue("mdm")
             client.tls_set(
@@ -77,9 +85,14 @@ class MdmListener:
 
     def start(self) -> MdmListener:
         """Connect and subscribe; waits up to 10 s for the subscription."""
-        session = Properties(PacketTypes.CONNECT)
-        session.SessionExpiryInterval = 3600
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=session)
+        if self.mqtt5:
+            session = Properties(PacketTypes.CONNECT)
+            session.SessionExpiryInterval = 3600
+            self.client.connect_async(
+                self.host, self.port, keepalive=30, clean_start=False, properties=session
+            )
+        else:
+            self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
         if not self.subscribed.wait(10):
             raise TimeoutError(f"the MDM listener could not subscribe at {self.host}:{self.port}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
-from appliance.model import Reading, ReadingType, epoch, utc_from_epoch
+from appliance.model import Reading, epoch, reading_type, utc_from_epoch
 from appliance.store.db import Store
 
 
@@ -41,7 +41,7 @@ def reading_from_row(ts: int, mrid: str, code: str, value: str, quality: str) ->
     """A Reading from the columns the store keeps."""
     return Reading(
         meter_id=mrid,
-        reading_type=ReadingType(code),
+        reading_type=reading_type(code),
         timestamp=utc_from_epoch(ts),
         value=Decimal(value),
         qualities=tuple(quality.split(",")) if quality else (),

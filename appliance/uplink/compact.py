@@ -20,18 +20,17 @@ encodings use the same canonical order (`model.by_series`).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import pairwise
 from typing import Any
 
-import zlib
-
 import cbor2
 
 from appliance.errors import MessageError
-from appliance.model import Event, Reading, ReadingType, by_series, epoch, utc_from_epoch
+from appliance.model import Event, Reading, by_series, epoch, reading_type, utc_from_epoch
 from appliance.uplink import cim
 
 CBOR_CONTENT_TYPE = "application/cbor"
@@ -154,7 +153,7 @@ def _decode_readings(codes: list[str], meters: list[Any]) -> list[Reading]:
     readings = []
     for meter_id, series_list in meters:
         for type_index, first, steps, scale, deltas, exponent_runs, qualities in series_list:
-            reading_type = ReadingType(codes[type_index])
+            series_type = reading_type(codes[type_index])
             times = [first]
             for step in _unruns(steps):
                 times.append(times[-1] + step)
@@ -168,7 +167,7 @@ def _decode_readings(codes: list[str], meters: list[Any]) -> list[Reading]:
             for i, (moment, mantissa, exponent) in enumerate(zip(times, mantissas, exponents, strict=True)):
                 value = Decimal(mantissa).scaleb(scale).quantize(Decimal((0, (1,), exponent)))
                 readings.append(
-                    Reading(meter_id, reading_type, utc_from_epoch(moment), value, quality_of.get(i, ()))
+                    Reading(meter_id, series_type, utc_from_epoch(moment), value, quality_of.get(i, ()))
                 )
     return readings
 

@@ -24,6 +24,8 @@ from appliance.errors import TransportError
 
 log = logging.getLogger(__name__)
 
+UNSUPPORTED_PROTOCOL = 0x84  # CONNACK reason code: the broker does not speak this MQTT version
+
 
 @dataclass(frozen=True)
 class Ack:
@@ -36,25 +38,33 @@ class Ack:
 
 @dataclass(frozen=True)
 class LinkChange:
-    """The connection came up or went down."""
+    """The connection came up or went down; `reset` when the client was replaced and forgot its in-flight."""
 
     connected: bool
     reason: str
+    reset: bool = False
 
 
 class MqttLink:
-    """One MQTT 5 session to the broker, owned by the daemon."""
+    """One MQTT session to the broker, owned by the daemon: MQTT 5, or 3.1.1 when the broker needs it."""
 
     def __init__(self, config: Config, events: queue.Queue) -> None:
         self.config = config
         self.events = events
         self.connected = threading.Event()
         self.status_topic = config.topic("status")
-        mqtt = config.mqtt
+        self.protocol = paho.MQTTv311 if config.mqtt.protocol == "3.1.1" else paho.MQTTv5
+        self._fall_back = threading.Event()
+        self._connack = False  # the current attempt got its CONNACK
+        self._silent_attempts = 0  # MQTT 5 attempts in a row the broker never answered
+        self.client = self._make_client()
+
+    def _make_client(self) -> paho.Client:
+        mqtt = self.config.mqtt
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=mqtt.client_id or config.hes.id,
-            protocol=paho.MQTTv5,
+            client_id=mqtt.client_id or self.config.hes.id,
+            protocol=self.protocol,
         )
         if mqtt.tls:
             try:
@@ -72,11 +82,26 @@ class MqttLink:
             client.username_pw_set(mqtt.username, password)
         client.will_set(self.status_topic, json.dumps({"state": "offline"}), qos=1, retain=True)
         client.reconnect_delay_set(mqtt.reconnect_min_s, mqtt.reconnect_max_s)
-        client.max_inflight_messages_set(config.uplink.max_inflight)
+        client.max_inflight_messages_set(self.config.uplink.max_inflight)
+        client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
-        self.client = client
+        return client
+
+    def maintain(self) -> None:
+        """From the supervising thread: carry out a fallback to MQTT 3.1.1 the broker asked for.
+
+        paho cannot be restarted from inside its own callbacks, so the callback only raises a flag.
+        """
+        if not self._fall_back.is_set():
+            return
+        self._fall_back.clear()
+        self.client.loop_stop()
+        self.protocol = paho.MQTTv311
+        self.client = self._make_client()
+        self.events.put(LinkChange(False, "falling back to MQTT 3.1.1", reset=True))
+        self.start()
 
     def start(self) -> None:
         """Connect in the background; paho keeps reconnecting until `stop`."""
@@ -105,17 +130,31 @@ class MqttLink:
 
         While the link is down paho keeps the message and sends it on reconnect.
         """
-        properties = Properties(PacketTypes.PUBLISH)
-        properties.ContentType = content_type
+        properties = None
+        if self.protocol == paho.MQTTv5:  # 3.1.1 has no properties: the deployment's encoding says it
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ContentType = content_type
         info = self.client.publish(topic, payload, qos=1, properties=properties)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise TransportError(f"publish to {topic} refused by the client: {paho.error_string(info.rc)}")
         return info.mid
 
+    def _on_pre_connect(self, _client: paho.Client, _userdata: object) -> None:
+        self._connack = False
+
     def _on_connect(
         self, client: paho.Client, _userdata: object, _flags: object, reason: object, _props: object
     ) -> None:
+        self._connack = True
         if getattr(reason, "is_failure", False):
+            refused_v5 = (
+                getattr(reason, "value", None) == UNSUPPORTED_PROTOCOL and self.protocol == paho.MQTTv5
+            )
+            if refused_v5 and self.config.mqtt.protocol == "auto":
+                log.warning("broker %s does not speak MQTT 5: falling back to 3.1.1", self.config.mqtt.host)
+                self._fall_back.set()
+                client.disconnect()
+                return
             log.error(
                 "broker %s:%s refused the connection: %s",
                 self.config.mqtt.host,
@@ -123,6 +162,7 @@ class MqttLink:
                 reason,
             )
             return
+        self._silent_attempts = 0
         log.info("connected to broker %s:%s", self.config.mqtt.host, self.config.mqtt.port)
         status = {"state": "online", "version": __version__}
         client.publish(self.status_topic, json.dumps(status), qos=1, retain=True)
@@ -134,6 +174,13 @@ class MqttLink:
     ) -> None:
         if self.connected.is_set():
             log.warning("lost the broker: %s", reason)
+        elif not self._connack and self.protocol == paho.MQTTv5 and self.config.mqtt.protocol == "auto":
+            # The broker took the connection but never answered the MQTT 5 CONNECT: some 3.1.1-only
+            # brokers choke on its properties instead of refusing it. Twice in a row is no accident.
+            self._silent_attempts += 1
+            if self._silent_attempts >= 2:
+                log.warning("broker %s never answers MQTT 5: falling back to 3.1.1", self.config.mqtt.host)
+                self._fall_back.set()
         self.connected.clear()
         self.events.put(LinkChange(False, str(reason)))
 

@@ -126,6 +126,8 @@ class OutboxPump(threading.Thread):
                         "broker refused message %s: %s; retrying later", message.message_id, item.reason
                     )
                     self._refused_until[message.id] = time.monotonic() + REFUSED_RETRY_S
+            elif isinstance(item, LinkChange) and item.reset:
+                self._inflight.clear()  # a new client knows nothing of them: they go again from the store
             elif isinstance(item, LinkChange) and item.connected:
                 log.debug("outbox: link up, %d messages in flight", len(self._inflight))
 
