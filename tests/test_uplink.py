@@ -34,6 +34,7 @@ from appliance.store.outbox import (
 from appliance.store.readings import count_readings
 from appliance.store.registry import register_config_meters
 from appliance.uplink import cim, compact
+from appliance.uplink.messages import build_pages
 from tests.conftest import REPO, CimSchemas, write_config
 
 PROFILE = ReadingType("0.0.2.4.1.1.12.0.0.0.0.0.0.0.0.3.72.0")
@@ -208,3 +209,29 @@ def test_a_full_store_drops_sent_data_first_then_unsent_with_an_alarm(tmp_path: 
     assert {(e.event_type, e.device_id) for e in events} == {(alarms.READINGS_DROPPED, "hes-1")}
     assert sum(int(dict(e.details)["droppedReadings"]) for e in events) == housekeeping.dropped_unsent
     assert housekeeping.dropped_unsent % CHUNK == 0
+
+
+@pytest.mark.parametrize("encoding", ["xml", "cbor"])
+def test_a_large_answer_is_paged_under_one_correlation_id(
+    tmp_path: Path, cim_schemas: CimSchemas, encoding: str
+) -> None:
+    config = load_config(
+        write_config(
+            tmp_path / "hes.toml",
+            f'[hes]\nid = "hes-1"\n[mqtt]\ntls = false\n'
+            f'[uplink]\nbatch_max_readings = 100\nencoding = "{encoding}"\n',
+        )
+    )
+    readings = household_day("MTR-0001", T0, seed=3)  # 384 readings: 4 pages of at most 100
+    pages = build_pages(config, Clock(), "MeterReadings", readings, correlation_id="req-42")
+    assert len(pages) == 4 and len({p.message_id for p in pages}) == 4
+    gathered = []
+    for index, page in enumerate(pages, start=1):
+        xml = compact.to_xml(page.payload) if encoding == "cbor" else page.payload
+        cim_schemas.validate(xml)
+        root = cim.parse_xml(xml)
+        header = cim.read_header(root)
+        assert header.correlation_id == "req-42" and header.message_id == page.message_id
+        assert dict(header.properties) == {"MessageIndex": str(index), "MessageCount": "4"}
+        gathered += cim.read_meter_readings(root)
+    assert sorted(gathered, key=repr) == sorted(readings, key=repr)

@@ -22,10 +22,23 @@ class Built:
     payload: bytes
 
 
-def build(config: Config, clock: Clock, noun: str, items: Sequence[Reading] | Sequence[Event]) -> Built:
+def build(
+    config: Config,
+    clock: Clock,
+    noun: str,
+    items: Sequence[Reading] | Sequence[Event],
+    correlation_id: str | None = None,
+    properties: tuple[tuple[str, str], ...] = (),
+) -> Built:
     """A `created <noun>` EventMessage (MeterReadings or EndDeviceEvents) with a new MessageID."""
     header = cim.Header(
-        verb="created", noun=noun, timestamp=clock.now(), source=config.hes.id, message_id=str(uuid.uuid4())
+        verb="created",
+        noun=noun,
+        timestamp=clock.now(),
+        source=config.hes.id,
+        message_id=str(uuid.uuid4()),
+        correlation_id=correlation_id,
+        properties=properties,
     )
     topic = config.topic("cim", "out", noun)
     if config.uplink.encoding == "cbor":
@@ -35,3 +48,28 @@ def build(config: Config, clock: Clock, noun: str, items: Sequence[Reading] | Se
         return Built(header.message_id, topic, compact.CBOR_CONTENT_TYPE, encode(header, items))  # type: ignore[arg-type]
     payload = cim.meter_readings(items) if noun == "MeterReadings" else cim.end_device_events(items)  # type: ignore[arg-type]
     return Built(header.message_id, topic, cim.XML_CONTENT_TYPE, cim.event_message(header, payload))
+
+
+def build_pages(
+    config: Config,
+    clock: Clock,
+    noun: str,
+    items: Sequence[Reading] | Sequence[Event],
+    correlation_id: str,
+) -> list[Built]:
+    """One logical answer too large for one message, as pages of at most `uplink.batch_max_readings`
+    items: each its own MessageID, all the same CorrelationID, with Header Properties MessageIndex
+    (1-based) and MessageCount so the MDM knows when it has the whole answer."""
+    size = config.uplink.batch_max_readings
+    chunks = [items[start : start + size] for start in range(0, len(items), size)] or [items[:0]]
+    return [
+        build(
+            config,
+            clock,
+            noun,
+            chunk,
+            correlation_id=correlation_id,
+            properties=(("MessageIndex", str(index)), ("MessageCount", str(len(chunks)))),
+        )
+        for index, chunk in enumerate(chunks, start=1)
+    ]
