@@ -89,6 +89,10 @@ class MeterSpec:
     address: int
     model: str
     poll_interval_s: int
+    logical_address: int
+    client_address: int
+    auth: str
+    keys_file: Path | None
 
 
 @dataclass(frozen=True)
@@ -335,8 +339,60 @@ class _Loader:
             seen.add(meter.id)
             if meter.protocol is Protocol.MODBUS:
                 checks.append((1 <= meter.address <= 247, f"{key}.address", "a Modbus unit id, 1-247"))
+            else:
+                checks += _dlms_checks(meter, key)
             if meter.bus in config.buses and not config.buses[meter.bus].enabled:
                 checks.append((False, f"{key}.bus", f"an enabled bus; bus {meter.bus} is disabled"))
         for ok, key, expected in checks:
             if not ok:
                 raise self.fail(key, expected)
+
+
+DLMS_AUTH = ("none", "low", "hls-gmac")
+_SECRET_LENGTHS = {"system_title": 8, "encryption_key": 16, "authentication_key": 16}
+
+
+def read_meter_secrets(path: Path) -> dict[str, str]:
+    """The secrets file of a DLMS meter; ValueError says what is wrong without showing any secret."""
+    try:
+        with path.open("rb") as handle:
+            secrets = tomllib.load(handle)
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError:
+        raise ValueError("is not valid TOML") from None
+    for name, value in secrets.items():
+        if name not in ("password", *_SECRET_LENGTHS) or not isinstance(value, str):
+            raise ValueError(f"holds {name!r}; expected password or {', '.join(_SECRET_LENGTHS)} as strings")
+        if name in _SECRET_LENGTHS:
+            try:
+                length = len(bytes.fromhex(value))
+            except ValueError:
+                raise ValueError(f"{name} is not hex") from None
+            if length != _SECRET_LENGTHS[name]:
+                raise ValueError(f"{name} must be {_SECRET_LENGTHS[name]} bytes, not {length}")
+    return secrets
+
+
+def _dlms_checks(meter: MeterSpec, key: str) -> list[tuple[bool, str, str]]:
+    checks = [
+        (16 <= meter.address <= 16383, f"{key}.address", "an HDLC physical server address, 16-16383"),
+        (1 <= meter.logical_address <= 16383, f"{key}.logical_address", "1-16383"),
+        (1 <= meter.client_address <= 127, f"{key}.client_address", "1-127"),
+        (meter.auth in DLMS_AUTH, f"{key}.auth", f"one of {list(DLMS_AUTH)}"),
+    ]
+    if meter.auth in ("low", "hls-gmac"):
+        needed = {"password"} if meter.auth == "low" else set(_SECRET_LENGTHS)
+        if meter.keys_file is None:
+            checks.append(
+                (False, f"{key}.keys_file", f"a secrets file with {sorted(needed)} (auth = {meter.auth})")
+            )
+        else:
+            try:
+                missing = needed - set(read_meter_secrets(meter.keys_file))
+                checks.append(
+                    (not missing, f"{key}.keys_file", f"{meter.keys_file} to hold {sorted(missing)}")
+                )
+            except ValueError as exc:
+                checks.append((False, f"{key}.keys_file", f"{meter.keys_file} {exc}"))
+    return checks

@@ -45,7 +45,7 @@ def test_template_gives_every_field_a_default(tmp_path: Path) -> None:
         timeout_ms=1000,
         retries=2,
     )
-    assert config.meters == (MeterSpec("M1", "A", Protocol.MODBUS, 1, "sdm630", 900),)
+    assert config.meters == (MeterSpec("M1", "A", Protocol.MODBUS, 1, "sdm630", 900, 1, 16, "none", None),)
     assert isinstance(config.mqtt, MqttSection) and config.mqtt.port == 8883
     assert config.topic("cim", "out", "MeterReadings") == "hes/hes-0001/cim/out/MeterReadings"
 
@@ -135,3 +135,37 @@ def test_cli_version_and_help() -> None:
     for command in ([], ["run"], ["demo"], ["config"], ["config", "check"]):
         result = hes(*command, "--help")
         assert result.returncode == 0 and "usage: hes" in result.stdout
+
+
+DLMS = '[[meters]]\nid = "D1"\nbus = "A"\nprotocol = "dlms"\nmodel = "dlms-generic"\n'
+SECRET = "00112233445566778899aabbccddeeff"
+
+
+@pytest.mark.parametrize(
+    ("extra", "secrets", "key", "expected"),
+    [
+        ("", None, None, None),
+        ("address = 5\n", None, "meters[0].address", "16-16383"),
+        ('auth = "hls"\n', None, "meters[0].auth", "hls-gmac"),
+        ('auth = "low"\n', None, "meters[0].keys_file", "password"),
+        ('auth = "low"\n', 'password = "abc"\n', None, None),
+        ('auth = "hls-gmac"\n', 'password = "abc"\n', "meters[0].keys_file", "authentication_key"),
+        ('auth = "hls-gmac"\n', f'system_title = "{SECRET}"\n', "meters[0].keys_file", "must be 8 bytes"),
+        ('auth = "low"\n', f'pasword = "{SECRET}"\n', "meters[0].keys_file", "holds 'pasword'"),
+        ('auth = "low"\n', f'password = "{SECRET}\n', "meters[0].keys_file", "not valid TOML"),
+    ],
+)
+def test_dlms_meters_and_their_secrets(
+    tmp_path: Path, extra: str, secrets: str | None, key: str | None, expected: str | None
+) -> None:
+    text = DLMS + extra + ("" if extra.startswith("address") else "address = 17\n")
+    if secrets is not None:
+        (tmp_path / "D1.keys").write_text(secrets)
+        text += f'keys_file = "{tmp_path / "D1.keys"}"\n'
+    if key is None:
+        (meter,) = load(tmp_path, text).meters
+        assert (meter.protocol, meter.logical_address, meter.client_address) == (Protocol.DLMS, 1, 16)
+        return
+    caught = error(tmp_path, text)
+    assert (caught.key, expected in caught.expected) == (key, True), caught
+    assert SECRET not in str(caught)  # a secret never shows, even in the error about its own file

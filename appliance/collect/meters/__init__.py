@@ -6,10 +6,11 @@ A model is data, not code: adding a meter type means adding an entry to `catalog
 from __future__ import annotations
 
 from appliance.collect.meters.catalog import MODELS
+from appliance.collect.meters.dlms import DlmsModel
 from appliance.collect.meters.modbus import ModbusModel
 from appliance.model import Protocol
 
-MeterModel = ModbusModel
+MeterModel = ModbusModel | DlmsModel
 
 
 def get_model(name: str) -> MeterModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from appliance.collect.meters.dlms import DlmsModel, DlmsProfile, DlmsRegister
 from appliance.collect.meters.modbus import Encoding, ModbusChannel, ModbusModel
 from appliance.collect.modbus import Function
 from appliance.model import ReadingType
@@ -10,6 +11,9 @@ from appliance.model import ReadingType
 REGISTER_A_PLUS_KWH = ReadingType("0.0.0.1.1.1.12.0.0.0.0.0.0.0.0.3.72.0")
 REGISTER_A_MINUS_KWH = ReadingType("0.0.0.1.19.1.12.0.0.0.0.0.0.0.0.3.72.0")
 VOLTAGE_L1_V = ReadingType("0.0.0.6.0.1.54.0.0.0.0.0.0.0.128.0.29.0")
+# 15-minute register snapshots (bulk quantity), as a load profile of cumulative energy captures them.
+PROFILE_A_PLUS_KWH = ReadingType("0.0.2.1.1.1.12.0.0.0.0.0.0.0.0.3.72.0")
+PROFILE_A_MINUS_KWH = ReadingType("0.0.2.1.19.1.12.0.0.0.0.0.0.0.0.3.72.0")
 
 _INPUT = Function.READ_INPUT_REGISTERS
 _HOLDING = Function.READ_HOLDING_REGISTERS
@@ -32,6 +36,18 @@ MODELS = {
             channels=(
                 ModbusChannel(REGISTER_A_PLUS_KWH, _HOLDING, 0, Encoding.U32, exponent=-3),
                 ModbusChannel(REGISTER_A_MINUS_KWH, _HOLDING, 2, Encoding.U32, exponent=-3),
+            ),
+        ),
+        DlmsModel(
+            name="dlms-generic",
+            description="DLMS/COSEM meter: A+ and A- registers and the 15-minute load profile 1.0.99.1.0.255",
+            registers=(
+                DlmsRegister("1.0.1.8.0.255", REGISTER_A_PLUS_KWH),
+                DlmsRegister("1.0.2.8.0.255", REGISTER_A_MINUS_KWH),
+            ),
+            profile=DlmsProfile(
+                "1.0.99.1.0.255",
+                {"1.0.1.8.0.255": PROFILE_A_PLUS_KWH, "1.0.2.8.0.255": PROFILE_A_MINUS_KWH},
             ),
         ),
     )
