@@ -50,7 +50,12 @@ def fill(store: Store, readings: int) -> None:
     """`readings` readings of household profiles: meters x days x 4 channels x 96 intervals."""
     meters = max(1, readings // (384 * 30))
     register_config_meters(
-        store, [MeterSpec(f"MTR-{m:05d}", "A", Protocol.MODBUS, 1, "sdm630", 900) for m in range(meters)], 0
+        store,
+        [
+            MeterSpec(f"MTR-{m:05d}", "A", Protocol.MODBUS, 1, "sdm630", 900, 1, 16, "none", None)
+            for m in range(meters)
+        ],
+        0,
     )
     stored, day = 0, 0
     while stored < readings:

@@ -8,6 +8,8 @@ import pytest
 import xmlschema
 from lxml import etree
 
+from appliance.config import MeterSpec
+from appliance.model import Protocol
 from appliance.sim.pki import TestPki
 from appliance.uplink import cim
 
@@ -56,3 +58,10 @@ def write_config(path: Path, text: str) -> Path:
     """Write a config file for a test and return its path."""
     path.write_text(text)
     return path
+
+
+def meter_spec(
+    meter_id: str, address: int = 1, model: str = "sdm630", poll_interval_s: int = 900, bus: str = "A"
+) -> MeterSpec:
+    """A Modbus meter as the config would give it (DLMS fields at the template's values)."""
+    return MeterSpec(meter_id, bus, Protocol.MODBUS, address, model, poll_interval_s, 1, 16, "none", None)

@@ -13,21 +13,20 @@ import pytest
 from appliance.clock import Clock
 from appliance.collect.bus import BusWorker
 from appliance.collect.meters.catalog import REGISTER_A_PLUS_KWH
-from appliance.config import BusSpec, MeterSpec, load_config
+from appliance.config import BusSpec, load_config
 from appliance.housekeeping import Housekeeping
-from appliance.model import Protocol
 from appliance.sim.modbus_meter import SimulatedModbusBus
 from appliance.sim.ptys import PtyPair
 from appliance.store import Store
 from appliance.store.readings import readings_between
 from appliance.store.registry import register_config_meters
-from tests.conftest import REPO
+from tests.conftest import REPO, meter_spec
 
 NO_TLS = REPO / "tests" / "data" / "no-tls.toml"
 METERS = [
-    MeterSpec("M1", "A", Protocol.MODBUS, 1, "sdm630", 1),
-    MeterSpec("M2", "A", Protocol.MODBUS, 2, "generic-wh32", 1),
-    MeterSpec("SILENT", "A", Protocol.MODBUS, 9, "sdm630", 1),  # nobody answers to unit 9
+    meter_spec("M1", 1, "sdm630", 1),
+    meter_spec("M2", 2, "generic-wh32", 1),
+    meter_spec("SILENT", 9, "sdm630", 1),  # nobody answers to unit 9
 ]
 
 

@@ -18,7 +18,6 @@ import pytest
 
 from appliance.sim.mdm import MdmListener
 from appliance.sim.substation import Substation
-from appliance.store.outbox import backlog
 from appliance.store.readings import reading_from_row
 from appliance.uplink import cim
 from tests.conftest import CimSchemas, write_config
@@ -96,15 +95,9 @@ def silence_meters_and_drain(substation: Substation, timeout: float = 20) -> Non
     for simulator in substation.simulators.values():
         simulator.stop()
 
-    def drained() -> bool:
-        store = substation.open_store()
-        try:
-            waiting = backlog(store)
-        finally:
-            store.close()
-        return waiting["unsent_readings"] == 0 and waiting["pending_messages"] == 0
-
-    assert substation.wait_for(drained, timeout), f"outbox not drained; see {substation.log}"
+    assert substation.wait_for(substation.outbox_drained, timeout), (
+        f"outbox not drained; see {substation.log}"
+    )
 
 
 def assert_mdm_holds_exactly_the_store(substation: Substation, mdm: MdmListener) -> None:

@@ -53,7 +53,7 @@ from appliance.sim.dlms_meter import SimulatedDlmsBus, parse_meter
 from appliance.sim.dlms_objects import EnergyModel, MeterClock, MeterConfig
 from appliance.sim.ptys import PtyPair
 
-PASSWORD = "12345678"  # noqa: S105 (the simulated meters' test password)
+PASSWORD = "12345678"
 TITLE = bytes.fromhex("4D4D4D0000BC614E")
 EK = bytes.fromhex("000102030405060708090A0B0C0D0E0F")
 AK = bytes.fromhex("D0D1D2D3D4D5D6D7D8D9DADBDCDDDEDF")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from appliance.config import MeterSpec
 from appliance.errors import StoreError
-from appliance.model import Protocol, Reading, ReadingType
+from appliance.model import Reading, ReadingType
 from appliance.store import Store
 from appliance.store.outbox import (
     Priority,
@@ -25,6 +25,7 @@ from appliance.store.outbox import (
 from appliance.store.readings import count_readings, readings_between, save_readings
 from appliance.store.registry import list_meters, register_config_meters
 from appliance.store.schema import MIGRATIONS
+from tests.conftest import meter_spec
 
 A_PLUS = ReadingType("0.0.0.1.1.1.12.0.0.0.0.0.0.0.0.3.72.0")
 A_MINUS = ReadingType("0.0.0.1.19.1.12.0.0.0.0.0.0.0.0.3.72.0")
@@ -32,7 +33,7 @@ T0 = datetime(2026, 3, 29, 0, 0, tzinfo=UTC)
 
 
 def meters(*ids: str) -> list[MeterSpec]:
-    return [MeterSpec(i, "A", Protocol.MODBUS, n + 1, "sdm630", 900) for n, i in enumerate(ids)]
+    return [meter_spec(i, address=n + 1) for n, i in enumerate(ids)]
 
 
 @pytest.fixture
@@ -107,7 +108,7 @@ def test_stored_and_queued_readings_are_exactly_the_distinct_keys(
 
 def test_registry_follows_the_config_and_keeps_its_keys(store: Store) -> None:
     key = store.meter_key("M1")
-    register_config_meters(store, [MeterSpec("M1", "B", Protocol.MODBUS, 9, "generic-wh32", 60)], 5)
+    register_config_meters(store, [meter_spec("M1", 9, "generic-wh32", 60, bus="B")], 5)
     rows = {row["mrid"]: row for row in list_meters(store)}
     assert rows["M1"] == {
         "mrid": "M1",

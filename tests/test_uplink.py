@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from appliance import alarms
 from appliance.clock import Clock
-from appliance.config import MeterSpec, load_config
+from appliance.config import load_config
 from appliance.errors import MessageError
 from appliance.housekeeping import CHUNK, Housekeeping
-from appliance.model import Event, Protocol, Reading, ReadingType
+from appliance.model import Event, Reading, ReadingType
 from appliance.sim.profiles import household_day
 from appliance.store import Store
 from appliance.store.outbox import (
@@ -35,7 +35,7 @@ from appliance.store.readings import count_readings
 from appliance.store.registry import register_config_meters
 from appliance.uplink import cim, compact
 from appliance.uplink.messages import build_pages
-from tests.conftest import REPO, CimSchemas, write_config
+from tests.conftest import REPO, CimSchemas, meter_spec, write_config
 
 PROFILE = ReadingType("0.0.2.4.1.1.12.0.0.0.0.0.0.0.0.3.72.0")
 REGISTER = ReadingType("0.0.0.1.1.1.12.0.0.0.0.0.0.0.0.3.72.0")
@@ -139,7 +139,7 @@ def housekeeping_for(tmp_path: Path, extra: str = "") -> Housekeeping:
 
 def capped_store(tmp_path: Path, max_size_mb: int = 1) -> Store:
     store = Store(tmp_path / "hes.db", max_size_mb=max_size_mb)
-    register_config_meters(store, [MeterSpec("M1", "A", Protocol.MODBUS, 1, "sdm630", 900)], 0)
+    register_config_meters(store, [meter_spec("M1")], 0)
     return store
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from appliance.errors import TransportError
 from appliance.sim.pki import TestPki
+from appliance.sim.process import ChildProcess
 
 
 def free_port() -> int:
@@ -22,7 +23,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class _BrokerProcess:
+class _BrokerProcess(ChildProcess):
     """A broker process that can be stopped and started again on the same port (outages)."""
 
     name = "broker"
@@ -32,17 +33,11 @@ class _BrokerProcess:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.log = directory / f"{self.name}.log"
-        self._process: subprocess.Popen | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
     def command(self) -> list[str]:
         """How to start this broker."""
         raise NotImplementedError
-
-    @property
-    def running(self) -> bool:
-        """Whether the broker process is up."""
-        return self._process is not None and self._process.poll() is None
 
     def start(self) -> _BrokerProcess:
         """Start the broker and wait until its port accepts connections."""
@@ -60,23 +55,6 @@ class _BrokerProcess:
                         f"{self.name} did not start on port {self.port}; see {self.log}"
                     ) from None
                 time.sleep(0.02)
-
-    def stop(self) -> None:
-        """Stop the broker (an outage, as far as the HES can tell)."""
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            self._process = None
-
-    def __enter__(self) -> _BrokerProcess:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
 
 class Mosquitto(_BrokerProcess):

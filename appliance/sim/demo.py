@@ -66,17 +66,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _drain(substation: Substation, timeout: float = 5.0) -> None:
     """Give the outbox a moment to send what the last polls collected."""
-
-    def drained() -> bool:
-        store = substation.open_store()
-        try:
-            waiting = backlog(store)
-        finally:
-            store.close()
-        return waiting["unsent_readings"] == 0 and waiting["pending_messages"] == 0
-
-    if substation.config.store_path.exists():
-        substation.wait_for(drained, timeout, interval=0.2)
+    substation.wait_for(substation.outbox_drained, timeout, interval=0.2)
 
 
 def _summary(substation: Substation, unique: dict, messages: int, code: int | None) -> dict:

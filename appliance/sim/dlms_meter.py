@@ -70,6 +70,7 @@ from appliance.sim.dlms_objects import (
     MeterState,
     build_objects,
 )
+from appliance.sim.process import ChildProcess
 
 log = logging.getLogger("appliance.sim.dlms_meter")
 
@@ -912,7 +913,7 @@ def meter_arg(config: MeterConfig) -> str:
     return f"{config.address}:{','.join(parts)}" if parts else str(config.address)
 
 
-class SimulatedDlmsBus:
+class SimulatedDlmsBus(ChildProcess):
     """The simulator as a child process: on the meter end of a pty pair, or on a TCP port.
 
     Use as a context manager; after start(), `tcp_port` holds the port actually listened on.
@@ -932,7 +933,6 @@ class SimulatedDlmsBus:
             raise ValueError("give either a pty (port) or a TCP port")
         self.meters, self.port, self.tcp_port = meters, port, tcp_port
         self.baud, self.pace, self.turnaround_ms, self.log = baud, pace, turnaround_ms, log
-        self._process: subprocess.Popen | None = None
 
     def start(self) -> SimulatedDlmsBus:
         """Start the child and wait until it serves (it says READY on stdout)."""
@@ -956,25 +956,6 @@ class SimulatedDlmsBus:
         if "tcp=" in line:
             self.tcp_port = int(line.split("tcp=")[1])
         return self
-
-    def stop(self) -> None:
-        """Stop the child (the meters go silent)."""
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            if self._process.stdout:
-                self._process.stdout.close()
-            self._process = None
-
-    def __enter__(self) -> SimulatedDlmsBus:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
 
 def serve(

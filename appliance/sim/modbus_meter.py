@@ -28,6 +28,7 @@ from appliance.collect.meters import get_model
 from appliance.collect.meters.catalog import REGISTER_A_MINUS_KWH, REGISTER_A_PLUS_KWH, VOLTAGE_L1_V
 from appliance.collect.meters.modbus import Encoding, ModbusChannel, ModbusModel
 from appliance.errors import TransportError
+from appliance.sim.process import ChildProcess
 
 _DATATYPES = {
     Encoding.U16: ModbusClientMixin.DATATYPE.UINT16,
@@ -122,14 +123,13 @@ async def serve(port: str, meters: list[tuple[int, str]], baud: int = 9600, seed
     await server.serve_forever()
 
 
-class SimulatedModbusBus:
+class SimulatedModbusBus(ChildProcess):
     """The simulator as a child process on the meter end of a pty pair."""
 
     def __init__(
         self, port: Path, meters: list[tuple[int, str]], seed: int = 0, log: Path | None = None
     ) -> None:
         self.port, self.meters, self.seed, self.log = port, meters, seed, log
-        self._process: subprocess.Popen | None = None
 
     def start(self) -> SimulatedModbusBus:
         """Start serving; returns when the process runs (the port is opened within milliseconds)."""
@@ -150,19 +150,6 @@ class SimulatedModbusBus:
         if self._process.poll() is not None:
             raise TransportError(f"the Modbus simulator on {self.port} exited at start")
         return self
-
-    def stop(self) -> None:
-        """Stop the simulator (the meters go silent)."""
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(timeout=5)
-            self._process = None
-
-    def __enter__(self) -> SimulatedModbusBus:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
 
 def _meter_arg(text: str) -> tuple[int, str]:

@@ -7,15 +7,15 @@ import time
 from pathlib import Path
 
 from appliance.errors import TransportError
+from appliance.sim.process import ChildProcess
 
 
-class PtyPair:
+class PtyPair(ChildProcess):
     """`device` is what the HES opens (like /dev/ttySC0); `peer` is where the simulator sits."""
 
     def __init__(self, directory: Path, name: str) -> None:
         self.device = directory / f"tty{name}"
         self.peer = directory / f"tty{name}-meters"
-        self._process: subprocess.Popen | None = None
 
     def start(self) -> PtyPair:
         """Start socat and wait until both links exist."""
@@ -31,16 +31,3 @@ class PtyPair:
                 raise TransportError(f"socat did not create {self.device} and {self.peer}")
             time.sleep(0.01)
         return self
-
-    def stop(self) -> None:
-        """Stop socat; the links disappear with it."""
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(timeout=5)
-            self._process = None
-
-    def __enter__(self) -> PtyPair:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()

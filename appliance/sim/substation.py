@@ -29,6 +29,7 @@ from appliance.sim.modbus_meter import SimulatedModbusBus
 from appliance.sim.pki import TestPki
 from appliance.sim.ptys import PtyPair
 from appliance.store import Store
+from appliance.store.outbox import backlog
 from appliance.uplink.cim import format_time
 
 
@@ -155,6 +156,17 @@ class Substation:
         """An MDM listener on this substation's broker (not started)."""
         host, port = self.broker_address
         return MdmListener(host, port, self.config.topic(), self.pki, on_message=on_message)
+
+    def outbox_drained(self) -> bool:
+        """Whether the daemon's store holds nothing unsent and no unacknowledged message."""
+        if not self.config.store_path.exists():
+            return True
+        store = self.open_store()
+        try:
+            waiting = backlog(store)
+        finally:
+            store.close()
+        return waiting["unsent_readings"] == 0 and waiting["pending_messages"] == 0
 
     def open_store(self) -> Store:
         """The daemon's store, read-only."""
