@@ -56,4 +56,20 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX outbox_pending ON outbox (priority, id) WHERE acked_at IS NULL",
     ],
+    [
+        # DLMS invocation counters (security suite 0). `key_id` fingerprints the key set and our
+        # system title (never the keys themselves). `reserved_up_to`: every outgoing counter up to it
+        # may have been used; after a restart counting goes on above the highest reservation of that
+        # key id, on any meter, so a counter is never used twice under one key. `meter_last`: the
+        # highest counter accepted from the meter, to refuse replays.
+        """CREATE TABLE dlms_counters (
+            meter TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            reserved_up_to INTEGER NOT NULL DEFAULT -1,
+            meter_last INTEGER,
+            updated_at INTEGER NOT NULL,
+            PRIMARY KEY (meter, key_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX dlms_counters_key ON dlms_counters (key_id, reserved_up_to)",
+    ],
 ]
