@@ -10,6 +10,7 @@ from pathlib import Path
 from appliance import __version__
 from appliance.app import run
 from appliance.clock import Clock
+from appliance.collect.dlms.probe import add_probe_parser, run_probe
 from appliance.config import Config, load_config
 from appliance.errors import ConfigError, HesError
 from appliance.status import format_status, read_status
@@ -22,7 +23,9 @@ DEFAULT_CONFIG = Path("/etc/hes/hes.toml")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hes", description="HES Appliance: a head-end system for smart-meter networks in one box."
+        prog="hes",
+        description="HES Appliance: a head-end system for smart-meter networks in one box.",
+        allow_abbrev=False,  # an abbreviated option must never pass for a secret's file option
     )
     parser.add_argument("--version", action="version", version=f"hes {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -85,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the IEC 61968-100 XML message that the XML encoding would have sent.",
     )
     decode.add_argument("file", type=Path, nargs="?", metavar="FILE", help="the message (default: stdin)")
+
+    add_probe_parser(commands)
     return parser
 
 
@@ -100,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "status":
             return _status(load_config(*(args.config or [DEFAULT_CONFIG])), args.json)
+        if args.command == "probe":
+            return run_probe(args)
         if args.command == "decode":
             data = args.file.read_bytes() if args.file else sys.stdin.buffer.read()
             sys.stdout.buffer.write(compact.to_xml(data) + b"\n")

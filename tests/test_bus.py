@@ -6,15 +6,19 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
 from appliance.clock import Clock
 from appliance.collect.bus import BusWorker
-from appliance.collect.meters.catalog import REGISTER_A_PLUS_KWH
-from appliance.config import BusSpec, load_config
+from appliance.collect.meters.catalog import PROFILE_A_PLUS_KWH, REGISTER_A_PLUS_KWH
+from appliance.config import BusSpec, MeterSpec, load_config
 from appliance.housekeeping import Housekeeping
+from appliance.model import Protocol
+from appliance.sim.dlms_meter import SimulatedDlmsBus, parse_meter
 from appliance.sim.modbus_meter import SimulatedModbusBus
 from appliance.sim.ptys import PtyPair
 from appliance.store import Store
@@ -37,17 +41,17 @@ def bus_spec(device: Path) -> BusSpec:
 class Rig:
     """A BusWorker with its own store, started and stopped by the test."""
 
-    def __init__(self, tmp_path: Path, device: Path) -> None:
+    def __init__(self, tmp_path: Path, device: Path, meters: list[MeterSpec] = METERS) -> None:
         self.path = tmp_path / "hes.db"
         store = Store(self.path)
-        register_config_meters(store, METERS, 0)
+        register_config_meters(store, meters, 0)
         store.close()
         self.notified = 0
         self.stop = threading.Event()
         clock = Clock()
         housekeeping = Housekeeping(load_config(NO_TLS), clock)
         self.worker = BusWorker(
-            bus_spec(device), METERS, lambda: Store(self.path), clock, housekeeping, self._notify, self.stop
+            bus_spec(device), meters, lambda: Store(self.path), clock, housekeeping, self._notify, self.stop
         )
 
     def _notify(self) -> None:
@@ -110,3 +114,38 @@ def test_a_bus_whose_device_is_missing_waits_for_it_without_dying(tmp_path: Path
     with pair, SimulatedModbusBus(pair.peer, [(1, "sdm630")]):
         assert rig.wait_for_slots("M1", 1, timeout=10)
     rig.halt()
+
+
+def dlms_meter(meter_id: str, address: int, **dlms: object) -> MeterSpec:
+    values = {"logical_address": 1, "client_address": 16, "auth": "none", "keys_file": None} | dlms
+    return MeterSpec(meter_id, "A", Protocol.DLMS, address, "dlms-generic", 2, **values)  # type: ignore[arg-type]
+
+
+def test_worker_reads_dlms_meters_and_catches_up_their_profile_exactly(tmp_path: Path) -> None:
+    keys = tmp_path / "D18.keys"
+    keys.write_text('password = "s3cret"\n')
+    meters = [
+        dlms_meter("D17", 17),  # the public client, no authentication
+        dlms_meter("D18", 18, client_address=1, auth="low", keys_file=keys),
+    ]
+    simulated = [parse_meter("17:days=1"), parse_meter("18:days=1,password=s3cret")]
+    with PtyPair(tmp_path, "D") as pair, SimulatedDlmsBus(simulated, port=pair.peer):
+        rig = Rig(tmp_path, pair.device, meters)
+        rig.worker.start()
+        assert rig.wait_for_slots("D18", 98, timeout=30)  # 96 profile intervals + 2 register slots
+        rig.halt()
+    for meter in ("D17", "D18"):
+        readings = rig.readings(meter)
+        profile = sorted(r.timestamp for r in readings if r.reading_type == PROFILE_A_PLUS_KWH)
+        # The first poll read every interval the meter holds; later polls only what was new: never twice.
+        assert len(profile) == len(set(profile)) >= 96
+        assert all(b - a == timedelta(minutes=15) for a, b in pairwise(profile))
+        energy = [
+            r.value
+            for r in sorted(readings, key=lambda r: r.timestamp)
+            if r.reading_type == PROFILE_A_PLUS_KWH
+        ]
+        assert energy == sorted(energy) and energy[0] > 0
+        registers = [r for r in readings if r.reading_type == REGISTER_A_PLUS_KWH]
+        assert registers and registers[-1].value >= energy[-1]
+    assert rig.worker.failures == 0

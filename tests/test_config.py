@@ -110,7 +110,8 @@ def test_broken_toml(tmp_path: Path) -> None:
 def test_demo_config_is_valid_with_the_demo_overlay(tmp_path: Path) -> None:
     overlay = write_config(tmp_path / "overlay.toml", NO_TLS + '[buses.A]\ndevice = "/dev/null"\n')
     config = load_config(template_path().parent / "demo.toml", overlay)
-    assert len(config.meters) == 5 and {m.bus for m in config.meters} == {"A", "B"}
+    assert len(config.meters) == 7 and {m.bus for m in config.meters} == {"A", "B"}
+    assert {m.protocol.value for m in config.meters} == {"modbus", "dlms"}
 
 
 def hes(*args: str) -> subprocess.CompletedProcess:

@@ -92,8 +92,9 @@ def stored_readings(substation: Substation) -> dict[tuple[str, str, str], str]:
 
 def silence_meters_and_drain(substation: Substation, timeout: float = 20) -> None:
     """Stop the simulated meters, then wait until the outbox has nothing left to send."""
-    for simulator in substation.simulators.values():
-        simulator.stop()
+    for simulators in substation.simulators.values():
+        for simulator in simulators:
+            simulator.stop()
 
     assert substation.wait_for(substation.outbox_drained, timeout), (
         f"outbox not drained; see {substation.log}"
@@ -252,3 +253,31 @@ def test_the_daemon_feeds_the_watchdog_when_systemd_asks(substation: Substation)
     pings = [n for n in substation.notifications(2.5) if n == b"WATCHDOG=1"]
     assert 3 <= len(pings) <= 6
     assert substation.stop_daemon() == 0
+
+
+def test_modbus_and_dlms_meters_share_a_bus(tmp_path: Path, cim_schemas: CimSchemas) -> None:
+    keys = write_config(tmp_path / "E2E-D18.keys", 'password = "demo-pass"\n')
+    dlms = (
+        '\n[[meters]]\nid = "E2E-D17"\nbus = "A"\nprotocol = "dlms"\naddress = 17\nmodel = "dlms-generic"\n'
+        '\n[[meters]]\nid = "E2E-D18"\nbus = "A"\nprotocol = "dlms"\naddress = 18\nmodel = "dlms-generic"\n'
+        f'client_address = 1\nauth = "low"\nkeys_file = "{keys}"\n'
+    )
+    with Substation(tmp_path / "run", write_config(tmp_path / "hes.toml", CONFIG + dlms)) as substation:
+        assert [type(s).__name__ for s in substation.simulators["A"]] == [
+            "SimulatedModbusBus",
+            "SimulatedDlmsBus",
+        ]
+        with substation.mdm() as mdm:
+            substation.start_daemon()
+            meters = {m.id for m in substation.config.meters}
+            assert substation.wait_for(
+                lambda: {r.meter_id for m in mdm.snapshot() for r in m.readings} == meters, 30
+            ), substation.log.read_text()[-3000:]
+            silence_meters_and_drain(substation)
+            assert substation.stop_daemon() == 0
+            assert_mdm_holds_exactly_the_store(substation, mdm)
+            for message in mdm.snapshot():
+                cim_schemas.validate(message.payload)
+            profile = [r for m in mdm.snapshot() for r in m.readings if r.reading_type.is_interval]
+            assert {r.meter_id for r in profile} == {"E2E-D17", "E2E-D18"}
+            assert len(profile) >= 2 * 2 * 96 * 2  # two meters, two channels, two days of quarter hours

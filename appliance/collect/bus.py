@@ -14,11 +14,12 @@ from datetime import datetime, timedelta
 
 from appliance.clock import Clock
 from appliance.collect.meters import get_model
-from appliance.collect.readers import ModbusReader
+from appliance.collect.readers import DlmsReader, ModbusReader
 from appliance.config import BusSpec, MeterSpec
 from appliance.errors import DeviceError, DeviceTimeout, ProtocolError, StoreError, TransportError
 from appliance.housekeeping import Housekeeping
 from appliance.hw.rs485 import SerialPort
+from appliance.model import Protocol
 from appliance.store import Store
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,10 @@ class BusWorker(threading.Thread):
     def run(self) -> None:
         """Poll until told to stop."""
         store = self._store_factory()
-        reader = ModbusReader(self.port, self.spec)
+        readers = {
+            Protocol.MODBUS: ModbusReader(self.port, self.spec),
+            Protocol.DLMS: DlmsReader(self.port, self.spec),
+        }
         next_due = {meter.id: self.clock.now() for meter in self.meters}
         reopen_delay = REOPEN_MIN_S
         try:
@@ -73,16 +77,18 @@ class BusWorker(threading.Thread):
                     self._halt.wait(min(wait, 1.0))
                     continue
                 slot = self.clock.slot_start(meter.poll_interval_s)
-                self._poll(store, reader, meter, slot)
+                self._poll(store, readers[meter.protocol], meter, slot)
                 next_due[meter.id] = slot + timedelta(seconds=meter.poll_interval_s)
         finally:
             self.port.close()
             store.close()
 
-    def _poll(self, store: Store, reader: ModbusReader, meter: MeterSpec, slot: datetime) -> None:
+    def _poll(
+        self, store: Store, reader: ModbusReader | DlmsReader, meter: MeterSpec, slot: datetime
+    ) -> None:
         self.polls += 1
         try:
-            readings = reader.read(meter, get_model(meter.model), slot)
+            readings = reader.read(meter, get_model(meter.model), slot, store)  # type: ignore[arg-type]
         except (DeviceTimeout, ProtocolError, DeviceError) as exc:
             self.failures += 1
             if meter.id not in self._failing:  # once per failure streak, not once per poll

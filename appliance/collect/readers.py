@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from appliance.collect import modbus
+from appliance.collect.dlms import apdu, axdr
+from appliance.collect.dlms.security import SecurityKeys
+from appliance.collect.dlms.session import DlmsSession, DlmsSettings
+from appliance.collect.meters.dlms import CLOCK, DlmsModel, DlmsProfile, scaled_value
 from appliance.collect.meters.modbus import ModbusModel
-from appliance.config import BusSpec, MeterSpec
+from appliance.config import BusSpec, MeterSpec, read_meter_secrets
 from appliance.errors import DeviceTimeout, ProtocolError
 from appliance.hw.rs485 import SerialPort
 from appliance.model import Reading
+from appliance.store import Store
+from appliance.store.dlms_counters import DlmsCounters, open_counters
+from appliance.store.readings import last_stored
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +30,7 @@ class ModbusReader:
         self.timeout_s = spec.timeout_ms / 1000
         self.retries = spec.retries
 
-    def read(self, meter: MeterSpec, model: ModbusModel, stamp: datetime) -> list[Reading]:
+    def read(self, meter: MeterSpec, model: ModbusModel, stamp: datetime, _store: Store) -> list[Reading]:
         """Every channel of `meter`, stamped `stamp`. Raises the last error when retries run out."""
         values = {}
         for block in model.read_plan():
@@ -43,3 +50,119 @@ class ModbusReader:
     def _transact(self, request: bytes, unit: int, function: modbus.Function, count: int) -> list[int]:
         frame = self.port.exchange(request, modbus.response_bytes_needed, self.timeout_s)
         return modbus.parse_read_response(frame, unit, function, count)
+
+
+class DlmsReader:
+    """Reads a DLMS meter's model through one association: registers, then the profile's catch-up.
+
+    Scaler/unit pairs and a profile's capture objects are read once per meter and kept: they do not
+    change while a meter is installed, and each costs a request turnaround on a 9600-baud bus.
+    """
+
+    def __init__(self, port: SerialPort, spec: BusSpec) -> None:
+        self.port = port
+        self.timeout_s = spec.timeout_ms / 1000
+        self.retries = spec.retries
+        self._scaler_units: dict[tuple[str, str], tuple[int, int]] = {}
+        self._columns: dict[tuple[str, str], list[str]] = {}
+        # One counter object per meter and key: each opening reserves a fresh block of counters.
+        self._counters: dict[tuple[str, bytes, bytes], DlmsCounters] = {}
+
+    def settings(self, meter: MeterSpec) -> DlmsSettings:
+        """How to reach and authenticate to `meter`; secrets from its keys file, never the config."""
+        secrets = read_meter_secrets(meter.keys_file) if meter.keys_file else {}
+        keys = None
+        if "encryption_key" in secrets:
+            keys = SecurityKeys(
+                bytes.fromhex(secrets["encryption_key"]), bytes.fromhex(secrets["authentication_key"])
+            )
+        return DlmsSettings(
+            client=meter.client_address,
+            logical=meter.logical_address,
+            physical=meter.address,
+            authentication=meter.auth,  # type: ignore[arg-type]
+            password=secrets["password"].encode() if "password" in secrets else None,
+            system_title=bytes.fromhex(secrets["system_title"]) if "system_title" in secrets else None,
+            keys=keys,
+            timeout_s=self.timeout_s,
+            retries=self.retries,
+        )
+
+    def read(self, meter: MeterSpec, model: DlmsModel, stamp: datetime, store: Store) -> list[Reading]:
+        """The registers stamped `stamp`, and every profile interval after the last one stored."""
+        settings = self.settings(meter)
+        counters = None
+        if settings.keys is not None and settings.system_title is not None:
+            key = (meter.id, settings.keys.encryption_key, settings.system_title)
+            if key not in self._counters:
+                self._counters[key] = open_counters(store, meter.id, settings.keys, settings.system_title)
+            counters = self._counters[key]
+        readings: list[Reading] = []
+        with DlmsSession(self.port, settings, counters) as session:
+            for register in model.registers:
+                raw = _integer(session.get(3, register.obis, 2), register.obis)
+                scaler, unit = self._scaler_unit(session, meter, register.obis)
+                readings.append(
+                    Reading(
+                        meter.id,
+                        register.reading_type,
+                        stamp,
+                        scaled_value(raw, scaler, unit, register.reading_type),
+                    )
+                )
+            if model.profile is not None:
+                readings += self._profile(session, meter, model.profile, store)
+        return readings
+
+    def _scaler_unit(self, session: DlmsSession, meter: MeterSpec, obis: str) -> tuple[int, int]:
+        key = (meter.id, obis)
+        if key not in self._scaler_units:
+            value = session.get(3, obis, 3)
+            if not isinstance(value, axdr.Structure) or len(value.items) != 2:
+                raise ProtocolError(f"meter {meter.id}: scaler_unit of {obis} is not a pair: {value!r}")
+            self._scaler_units[key] = (_integer(value.items[0], obis), _integer(value.items[1], obis))
+        return self._scaler_units[key]
+
+    def _profile(
+        self, session: DlmsSession, meter: MeterSpec, profile: DlmsProfile, store: Store
+    ) -> list[Reading]:
+        """Exactly the intervals the store lacks: from just after the last stored one to now; for a
+        meter with nothing stored, everything the meter holds."""
+        key = (meter.id, profile.obis)
+        if key not in self._columns:
+            captured = session.get(7, profile.obis, 3)
+            if not isinstance(captured, axdr.Array):
+                raise ProtocolError(f"meter {meter.id}: capture objects of {profile.obis} are not an array")
+            self._columns[key] = [
+                str(apdu.CaptureObject.from_data(item).logical_name) for item in captured.items
+            ]
+        columns = self._columns[key]
+        last = last_stored(store, meter.id, list(profile.columns.values()))
+        if last is None:
+            rows = session.get_entries(profile.obis)
+        else:
+            rows = session.get_range(profile.obis, last + timedelta(seconds=1), datetime.now(UTC))
+        if not isinstance(rows, axdr.Array):
+            raise ProtocolError(f"meter {meter.id}: profile {profile.obis} buffer is not an array")
+        clock_column = columns.index(CLOCK) if CLOCK in columns else None
+        if clock_column is None:
+            raise ProtocolError(f"meter {meter.id}: profile {profile.obis} captures no clock")
+        readings = []
+        for row in rows.items:
+            if not isinstance(row, axdr.Structure) or len(row.items) != len(columns):
+                raise ProtocolError(f"meter {meter.id}: profile row does not match its capture objects")
+            moment = axdr.DateTime.from_data(row.items[clock_column]).to_utc()
+            for index, obis in enumerate(columns):
+                reading_type = profile.columns.get(obis)
+                if reading_type is not None:
+                    scaler, unit = self._scaler_unit(session, meter, obis)
+                    value = scaled_value(_integer(row.items[index], obis), scaler, unit, reading_type)
+                    readings.append(Reading(meter.id, reading_type, moment, value))
+        return readings
+
+
+def _integer(value: axdr.Data, obis: str) -> int:
+    number = getattr(value, "value", None)
+    if not isinstance(number, int) or isinstance(number, bool):
+        raise ProtocolError(f"{obis}: expected an integer, got {value!r}")
+    return number

@@ -28,7 +28,8 @@ def run_demo(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="hes-demo-"))
     substation = Substation(run_dir, base, _broker(args.broker))
     config = substation.config
-    print(f"HES demo: {len(config.meters)} simulated Modbus meters on buses {', '.join(substation.ptys)}")
+    kinds = ", ".join(sorted({m.protocol.value for m in config.meters}))
+    print(f"HES demo: {len(config.meters)} simulated meters ({kinds}) on buses {', '.join(substation.lines)}")
     print(f"  run directory {run_dir} (daemon log: {substation.log})")
     host, port = substation.broker_address
     print(f"  broker {host}:{port} ({'TLS with client certificates' if substation.pki else 'plain TCP'})")

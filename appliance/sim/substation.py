@@ -20,14 +20,16 @@ from pathlib import Path
 
 import tomli_w
 
-from appliance.config import Config, load_config
+from appliance.config import Config, MeterSpec, load_config, read_meter_secrets
 from appliance.errors import TransportError
-from appliance.model import unit_symbol
+from appliance.model import Protocol, unit_symbol
 from appliance.sim.broker import Mosquitto
+from appliance.sim.dlms_meter import SimulatedDlmsBus, parse_meter
 from appliance.sim.mdm import MdmListener, Received
 from appliance.sim.modbus_meter import SimulatedModbusBus
+from appliance.sim.multidrop import MultidropLine
 from appliance.sim.pki import TestPki
-from appliance.sim.ptys import PtyPair
+from appliance.sim.process import ChildProcess
 from appliance.store import Store
 from appliance.store.outbox import backlog
 from appliance.uplink.cim import format_time
@@ -45,20 +47,14 @@ class Substation:
         self.broker_address = broker or (self.broker.host, self.broker.port)
         with base_config.open("rb") as handle:
             raw = tomllib.load(handle)
-        bus_names = sorted({m.get("bus", "") for m in raw.get("meters", [])})
-        self.ptys = {name: PtyPair(run_dir, name) for name in bus_names}
+        self.bus_names = sorted({m.get("bus", "") for m in raw.get("meters", [])})
         self.overlay = run_dir / "overlay.toml"
         self.overlay.write_text(tomli_w.dumps(self._overlay()))
         self.config: Config = load_config(base_config, self.overlay)
-        self.simulators = {
-            name: SimulatedModbusBus(
-                pair.peer,
-                [(m.address, m.model) for m in self.config.meters if m.bus == name],
-                seed=index,
-                log=run_dir / f"sim-{name}.log",
-            )
-            for index, (name, pair) in enumerate(self.ptys.items())
-        }
+        self.lines: dict[str, MultidropLine] = {}
+        self.simulators: dict[str, list[ChildProcess]] = {}
+        for seed, name in enumerate(self.bus_names):
+            self._build_bus(name, seed)
         self.daemon: subprocess.Popen | None = None
         self.log = run_dir / "hes.log"
         # What systemd does for Type=notify: a datagram socket the daemon reports READY=1 on.
@@ -66,6 +62,29 @@ class Substation:
         self.notify_path.unlink(missing_ok=True)
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(self.notify_path))
+
+    def _build_bus(self, name: str, seed: int) -> None:
+        """One multidrop line per bus, with a Modbus and a DLMS simulator on it as its meters need."""
+        meters = [m for m in self.config.meters if m.bus == name]
+        modbus = [m for m in meters if m.protocol is Protocol.MODBUS]
+        dlms = [m for m in meters if m.protocol is Protocol.DLMS]
+        line = MultidropLine(self.run_dir, name, ["modbus"] * bool(modbus) + ["dlms"] * bool(dlms))
+        self.lines[name] = line
+        self.simulators[name] = []
+        if modbus:
+            self.simulators[name].append(
+                SimulatedModbusBus(
+                    line.drop("modbus"),
+                    [(m.address, m.model) for m in modbus],
+                    seed=seed,
+                    log=self.run_dir / f"sim-{name}-modbus.log",
+                )
+            )
+        if dlms:
+            simulated = [parse_meter(f"{m.address}:{_dlms_options(m)}", seed=seed) for m in dlms]
+            self.simulators[name].append(
+                SimulatedDlmsBus(simulated, port=line.drop("dlms"), log=self.run_dir / f"sim-{name}-dlms.log")
+            )
 
     def _overlay(self) -> dict:
         host, port = self.broker_address
@@ -76,14 +95,15 @@ class Substation:
         return {
             "hes": {"data_dir": str(self.run_dir / "data")},
             "mqtt": mqtt,
-            "buses": {name: {"device": str(pair.device)} for name, pair in self.ptys.items()},
+            "buses": {name: {"device": str(self.run_dir / f"tty{name}")} for name in self.bus_names},
         }
 
     def start(self) -> Substation:
         """Bring up the ptys, the simulated meters and the broker (not the daemon)."""
-        for name, pair in self.ptys.items():
-            pair.start()
-            self.simulators[name].start()
+        for name, line in self.lines.items():
+            line.start()
+            for simulator in self.simulators[name]:
+                simulator.start()
         if self.broker:
             self.broker.start()
         return self
@@ -92,9 +112,10 @@ class Substation:
         """Stop everything, the daemon first."""
         self.stop_daemon()
         self._notify.close()
-        for name, pair in self.ptys.items():
-            self.simulators[name].stop()
-            pair.stop()
+        for name, line in self.lines.items():
+            for simulator in self.simulators[name]:
+                simulator.stop()
+            line.stop()
         if self.broker:
             self.broker.stop()
 
@@ -183,15 +204,28 @@ class Substation:
         return predicate()
 
 
-def describe(message: Received) -> str:
-    """A few lines a person can read for one message the MDM received."""
+def describe(message: Received, most: int = 6) -> str:
+    """A few lines a person can read for one message the MDM received (at most `most` readings)."""
     lines = [
         f"MDM <- {message.header.verb} {message.header.noun}  MessageID {message.header.message_id}"
         f"  {len(message.readings)} readings"
     ]
-    for reading in message.readings:
+    if len(message.readings) > most:
+        lines.append(f"    ... {len(message.readings) - most} more, the last {most}:")
+    for reading in message.readings[-most:]:
         lines.append(
             f"    {reading.meter_id:<10} {format_time(reading.timestamp)}  {reading.reading_type.code:<40}"
             f" {reading.value} {unit_symbol(reading.reading_type)}"
         )
     return "\n".join(lines)
+
+
+def _dlms_options(meter: MeterSpec) -> str:
+    """The simulated meter's options that make it accept what the daemon will present."""
+    secrets = read_meter_secrets(meter.keys_file) if meter.keys_file else {}
+    options = ["days=2"]  # two days of profile history: a first read the rig can take quickly
+    if "password" in secrets:
+        options.append(f"password={secrets['password']}")
+    if "encryption_key" in secrets:
+        options += [f"ek={secrets['encryption_key']}", f"ak={secrets['authentication_key']}"]
+    return ",".join(options)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 
-from appliance.model import Reading, epoch, reading_type, utc_from_epoch
+from appliance.model import Reading, ReadingType, epoch, reading_type, utc_from_epoch
 from appliance.store.db import Store
 
 
@@ -63,3 +64,18 @@ def readings_between(store: Store, mrid: str, start: int, end: int) -> list[Read
 def count_readings(store: Store) -> int:
     """How many readings the store holds."""
     return store.conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+
+
+def last_stored(store: Store, mrid: str, reading_types: list[ReadingType]) -> datetime | None:
+    """The time of the newest stored reading of `mrid` of any of `reading_types` (None if none).
+
+    Walks the (time-first) key backwards and stops at the first match: a meter's newest reading is
+    among the newest rows, where a max() with this filter would scan the whole table.
+    """
+    keys = [store.reading_type_key(rt.code) for rt in reading_types]
+    marks = ", ".join("?" * len(keys))
+    row = store.conn.execute(
+        f"SELECT ts FROM readings WHERE meter = ? AND rtype IN ({marks}) ORDER BY ts DESC LIMIT 1",  # noqa: S608
+        (store.meter_key(mrid), *keys),
+    ).fetchone()
+    return utc_from_epoch(row[0]) if row else None
