@@ -149,3 +149,29 @@ def test_worker_reads_dlms_meters_and_catches_up_their_profile_exactly(tmp_path:
         registers = [r for r in readings if r.reading_type == REGISTER_A_PLUS_KWH]
         assert registers and registers[-1].value >= energy[-1]
     assert rig.worker.failures == 0
+
+
+def test_a_gap_in_the_profile_is_read_again_exactly(tmp_path: Path) -> None:
+    """After an outage the store lacks the newest intervals: the next poll reads just those."""
+    with PtyPair(tmp_path, "G") as pair, SimulatedDlmsBus([parse_meter("17:days=1")], port=pair.peer):
+        rig = Rig(tmp_path, pair.device, [dlms_meter("D17", 17)])
+        rig.worker.start()
+        assert rig.wait_for_slots("D17", 97, timeout=30)
+        rig.halt()
+        before = {
+            (r.reading_type, r.timestamp, r.value) for r in rig.readings("D17") if r.reading_type.is_interval
+        }
+        newest = sorted({stamp for _, stamp, _ in before})[-10:]
+        store = Store(rig.path)
+        with store.transaction() as conn:  # the hole an outage of the HES leaves
+            holed = conn.execute("DELETE FROM readings WHERE ts >= ?", (int(newest[0].timestamp()),)).rowcount
+        store.close()
+        assert holed >= 10 * 2  # ten quarter hours of two channels (and the register slots) are gone
+        rig = Rig(tmp_path, pair.device, [dlms_meter("D17", 17)])
+        rig.worker.start()
+        assert rig.wait_for_slots("D17", 97, timeout=30)
+        rig.halt()
+    after = {
+        (r.reading_type, r.timestamp, r.value) for r in rig.readings("D17") if r.reading_type.is_interval
+    }
+    assert before <= after  # every interval the meter holds is back, with the same value
