@@ -123,6 +123,13 @@ def test_disconnect_and_reconnect_with_a_password_file(run, device: Path, tmp_pa
     assert (code, records) == (1, [])
     assert "authentication-failure" in err and "wrong" not in err
 
+    # The meter's keys file, exactly as its [[meters]] entry names it for the daemon, works too.
+    keys = tmp_path / "keys.toml"
+    keys.write_text(f'password = "{PASSWORD}"\n')
+    low = ("--port", str(device), "--server", "21", "--auth", "low", "--keys-file", str(keys))
+    code, [record], err = run(*low, "--obis", "0.0.96.3.10.255")
+    assert code == 0 and record["value"] is True, err
+
 
 def test_hls_gmac_over_tcp_twice_with_stored_counters(run, tcp: int, tmp_path: Path) -> None:
     keys = tmp_path / "keys.toml"
@@ -153,7 +160,7 @@ def test_usage_errors_name_the_problem_not_the_secret(run, device: Path, tmp_pat
     code, _, err = run(
         *where, "--auth", "hls-gmac", "--keys-file", str(keys), "--store", str(tmp_path / "s.db")
     )
-    assert code == 2 and "encryption_key must be 32 hex digits" in err and "eeXX" not in err
+    assert code == 2 and "encryption_key is not hex" in err and "eeXX" not in err
     code, _, err = run(*where, "--auth", "hls-gmac", "--keys-file", str(keys))
     assert code == 2 and "--store" in err
     code, _, err = run(*where, "--auth", "low", "--password-file", str(tmp_path / "missing"))

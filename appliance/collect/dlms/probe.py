@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -36,7 +35,7 @@ from appliance.collect.dlms.session import (
     InvocationCounters,
 )
 from appliance.collect.dlms.transport import TcpTransport
-from appliance.config import BusSpec
+from appliance.config import BusSpec, read_meter_secrets
 from appliance.errors import HesError, ProtocolError
 from appliance.hw.rs485 import SerialPort
 
@@ -100,7 +99,8 @@ def add_probe_parser(subcommands: argparse._SubParsersAction) -> argparse.Argume
         "--keys-file",
         type=Path,
         metavar="FILE",
-        help="TOML with encryption_key, authentication_key and our system_title, in hex (hls-gmac)",
+        help="the meter's keys file, as in its [[meters]] entry: password (low), or system_title, "
+        "encryption_key and authentication_key in hex (hls-gmac)",
     )
     dlms.add_argument(
         "--store",
@@ -179,7 +179,7 @@ def _prepare(
     )
     if auth == "hls-gmac" and args.store is None:
         raise UsageError("--auth hls-gmac needs --store: invocation counters must never be reused")
-    password = _read_password(args.password_file) if auth == "low" else None
+    password = _read_password(args.password_file, args.keys_file) if auth == "low" else None
     keys, title = _read_keys(args.keys_file) if auth == "hls-gmac" else (None, None)
     for code in args.obis:
         _object(code)
@@ -240,30 +240,37 @@ def _read_secret_file(path: Path | None, option: str) -> bytes:
         raise UsageError(f"{option} {path}: {exc.strerror}") from None
 
 
-def _read_password(path: Path | None) -> bytes:
-    password = _read_secret_file(path, "--password-file").rstrip(b"\r\n")
+def _read_password(password_file: Path | None, keys_file: Path | None) -> bytes:
+    """The password from a one-line file, or from the meter's keys file as the daemon uses it."""
+    if keys_file is not None and password_file is None:
+        return _meter_secrets(keys_file, {"password": 0})["password"]
+    password = _read_secret_file(password_file, "--password-file").rstrip(b"\r\n")
     if not password:
-        raise UsageError(f"--password-file {path}: empty")
+        raise UsageError(f"--password-file {password_file}: empty")
     return password
 
 
 def _read_keys(path: Path | None) -> tuple[SecurityKeys, bytes]:
-    raw = _read_secret_file(path, "--keys-file")
+    """Keys and our system title from the meter's keys file, the one the daemon reads."""
+    secrets = _meter_secrets(path, {"encryption_key": 16, "authentication_key": 16, "system_title": 8})
+    return SecurityKeys(secrets["encryption_key"], secrets["authentication_key"]), secrets["system_title"]
+
+
+def _meter_secrets(path: Path | None, needed: dict[str, int]) -> dict[str, bytes]:
+    """The entries `needed` of a keys file, checked by the daemon's own rules (`read_meter_secrets`)."""
+    if path is None:
+        raise UsageError("--keys-file is needed for this authentication")
     try:
-        table = tomllib.loads(raw.decode())
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
-        raise UsageError(f"--keys-file {path}: not a TOML file") from None  # its text may hold keys
-    values = {}
-    for name, size in (("encryption_key", 16), ("authentication_key", 16), ("system_title", 8)):
-        text = table.get(name)
-        try:
-            value = bytes.fromhex(text) if isinstance(text, str) else b""
-        except ValueError:
-            value = b""
-        if len(value) != size:
-            raise UsageError(f"--keys-file {path}: {name} must be {size * 2} hex digits")
-        values[name] = value
-    return SecurityKeys(values["encryption_key"], values["authentication_key"]), values["system_title"]
+        secrets = read_meter_secrets(path)
+    except ValueError as exc:
+        raise UsageError(f"--keys-file {path} {exc}") from None  # the message never holds a secret
+    missing = sorted(set(needed) - set(secrets))
+    if missing:
+        raise UsageError(f"--keys-file {path}: missing {', '.join(missing)}")
+    return {
+        name: secrets[name].encode() if name == "password" else bytes.fromhex(secrets[name])
+        for name in needed
+    }
 
 
 def _parse_obis(text: str) -> Obis:
