@@ -75,30 +75,17 @@ class SerialPort:
                 time.sleep(gap)
             port.reset_input_buffer()  # stale bytes belong to an earlier, abandoned answer
             port.write(request)
-            answer = bytearray()
-            deadline = time.monotonic() + timeout_s
-            while (missing := needed(bytes(answer))) > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeviceTimeout(
-                        f"bus {self.spec.name}: {len(answer)} of {len(answer) + missing}+ bytes "
-                        f"within {timeout_s:.3f} s"
-                    )
-                port.timeout = remaining
-                answer += port.read(missing)
-            return bytes(answer)
         except (serial.SerialException, OSError) as exc:
             self.close()
             raise TransportError(f"bus {self.spec.name}: {self.spec.device} failed: {exc}") from exc
-        finally:
-            self._quiet_since = time.monotonic()
+        return self.receive(needed, timeout_s)
 
     def receive(self, needed: Callable[[bytes], int], timeout_s: float) -> bytes:
         """Read until `needed(answer)` is 0 or `timeout_s` passes, writing nothing.
 
-        For the rest of an answer that comes in several frames (an HDLC window): unlike `exchange`,
-        the input is not reset, since the next frame may already be waiting in it. Raises
-        DeviceTimeout with what arrived so far when the answer is incomplete.
+        Alone, for the rest of an answer that comes in several frames (an HDLC window): the input is
+        not reset, since the next frame may already be waiting in it. Raises DeviceTimeout with what
+        arrived so far when the answer is incomplete.
         """
         port = self._require_open()
         try:
