@@ -14,7 +14,7 @@ from appliance import alarms
 from appliance.clock import Clock
 from appliance.config import Config
 from appliance.errors import StoreFull
-from appliance.model import Reading, epoch
+from appliance.model import Event, Reading, epoch
 from appliance.store import Store
 from appliance.store.outbox import Priority, insert_message
 from appliance.store.readings import save_readings
@@ -35,16 +35,16 @@ class Housekeeping:
         self.cap_bytes = config.store.max_size_mb * 1024 * 1024
         self.dropped_unsent = 0
 
-    def save(self, store: Store, readings: Sequence[Reading]) -> int:
-        """Store a poll's readings; when the store is full, make room and try once more.
+    def save(self, store: Store, readings: Sequence[Reading], events: Sequence[Event] = ()) -> int:
+        """Store a poll's readings and events; when the store is full, make room and try once more.
 
-        The newest data always finds a place. Returns how many readings were new.
+        The newest data always finds a place. Returns how many readings and events were new.
         """
         try:
-            return save_readings(store, readings, epoch(self.clock.now()))
+            return save_readings(store, readings, epoch(self.clock.now()), events)
         except StoreFull:
             self.make_room(store)
-            return save_readings(store, readings, epoch(self.clock.now()))
+            return save_readings(store, readings, epoch(self.clock.now()), events)
 
     def sweep(self, store: Store) -> None:
         """The periodic pass: age-based retention, then size."""

@@ -35,6 +35,7 @@ def backlog_status(store: Store, clock: Clock) -> dict[str, Any]:
     oldest = waiting["oldest_unsent_ts"]
     return {
         "unsent_readings": waiting["unsent_readings"],
+        "unsent_events": waiting["unsent_events"],
         "pending_messages": waiting["pending_messages"],
         "pending_readings": waiting["pending_readings"],
         "oldest_unsent": format_time(utc_from_epoch(oldest)) if oldest is not None else None,

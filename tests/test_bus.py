@@ -22,6 +22,7 @@ from appliance.sim.dlms_meter import SimulatedDlmsBus, parse_meter
 from appliance.sim.modbus_meter import SimulatedModbusBus
 from appliance.sim.ptys import PtyPair
 from appliance.store import Store
+from appliance.store.events import events_of
 from appliance.store.readings import readings_between
 from appliance.store.registry import register_config_meters
 from tests.conftest import REPO, meter_spec
@@ -61,6 +62,13 @@ class Rig:
         store = Store(self.path, readonly=True)
         try:
             return readings_between(store, meter, 0, 2**40)
+        finally:
+            store.close()
+
+    def events(self, meter: str) -> list:
+        store = Store(self.path, readonly=True)
+        try:
+            return events_of(store, meter)
         finally:
             store.close()
 
@@ -148,6 +156,10 @@ def test_worker_reads_dlms_meters_and_catches_up_their_profile_exactly(tmp_path:
         assert energy == sorted(energy) and energy[0] > 0
         registers = [r for r in readings if r.reading_type == REGISTER_A_PLUS_KWH]
         assert registers and registers[-1].value >= energy[-1]
+        # The event log: every entry once, however many polls read it, with the CIM type of its code.
+        events = rig.events(meter)
+        assert [e.event_type for e in events] == ["3.26.0.85", "3.26.0.216", "0.12.141.212", "0.12.141.16"]
+        assert [dict(e.details)["dlmsEventCode"] for e in events] == ["1", "2", "44", "45"]
     assert rig.worker.failures == 0
 
 

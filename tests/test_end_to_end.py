@@ -18,6 +18,7 @@ import pytest
 
 from appliance.sim.mdm import MdmListener
 from appliance.sim.substation import Substation
+from appliance.store.events import events_of
 from appliance.store.readings import reading_from_row
 from appliance.uplink import cim
 from tests.conftest import CimSchemas, write_config
@@ -281,3 +282,12 @@ def test_modbus_and_dlms_meters_share_a_bus(tmp_path: Path, cim_schemas: CimSche
             profile = [r for m in mdm.snapshot() for r in m.readings if r.reading_type.is_interval]
             assert {r.meter_id for r in profile} == {"E2E-D17", "E2E-D18"}
             assert len(profile) >= 2 * 2 * 96 * 2  # two meters, two channels, two days of quarter hours
+            # The meters' event logs arrive as EndDeviceEvents, each event once, as the store has them.
+            received = [e for m in mdm.snapshot() for e in m.events]
+            assert {m.topic for m in mdm.snapshot() if m.events} == {"hes/hes-e2e/cim/out/EndDeviceEvents"}
+            store = substation.open_store()
+            try:
+                stored = events_of(store, "E2E-D17") + events_of(store, "E2E-D18")
+            finally:
+                store.close()
+            assert len(stored) == 8 and sorted(received, key=repr) == sorted(stored, key=repr)

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from appliance.config import MeterSpec
 from appliance.errors import StoreError
-from appliance.model import Reading, ReadingType
+from appliance.model import Event, Reading, ReadingType
 from appliance.store import Store
+from appliance.store.events import events_of, last_event_time, oldest_unsent_events
 from appliance.store.outbox import (
     Priority,
     backlog,
@@ -147,6 +148,7 @@ def test_outbox_takes_readings_off_the_queue_atomically_and_forgets_payloads_on_
     assert store.conn.execute("SELECT payload FROM outbox").fetchone()[0] is None
     assert backlog(store) | {"oldest_unsent_ts": None} == {
         "unsent_readings": 1,
+        "unsent_events": 0,
         "oldest_unsent_ts": None,
         "pending_messages": 0,
         "pending_readings": 0,
@@ -177,3 +179,25 @@ def test_a_readonly_store_cannot_write(tmp_path: Path, store: Store) -> None:
     reader = Store(tmp_path / "hes.db", readonly=True)
     with pytest.raises(StoreError):
         save_readings(reader, [reading()], 0)
+
+
+def test_events_are_stored_once_queued_and_handed_to_a_message(store: Store) -> None:
+    outage = Event("M1", "3.26.0.85", T0, reason="meter event 1", details=(("dlmsEventCode", "1"),))
+    restore = Event("M1", "3.26.0.216", T0 + timedelta(minutes=7))
+    assert save_readings(store, [reading()], 0, [outage, restore]) == 3
+    assert save_readings(store, [], 0, [outage]) == 0  # the event log read again
+    assert events_of(store, "M1") == [outage, restore]
+    assert last_event_time(store, "M1") == restore.created and last_event_time(store, "M2") is None
+    events, keys = oldest_unsent_events(store, 10)
+    assert events == [outage, restore] and backlog(store)["unsent_events"] == 2
+    enqueue_message(
+        store,
+        message_id="e-1",
+        priority=Priority.ALARM,
+        topic="t",
+        content_type="x",
+        payload=b"",
+        created_at=0,
+        carried_events=keys,
+    )
+    assert oldest_unsent_events(store, 10) == ([], []) and backlog(store)["unsent_readings"] == 1

@@ -88,7 +88,7 @@ class BusWorker(threading.Thread):
     ) -> None:
         self.polls += 1
         try:
-            readings = reader.read(meter, get_model(meter.model), slot, store)  # type: ignore[arg-type]
+            result = reader.read(meter, get_model(meter.model), slot, store)  # type: ignore[arg-type]
         except (DeviceTimeout, ProtocolError, DeviceError) as exc:
             self.failures += 1
             if meter.id not in self._failing:  # once per failure streak, not once per poll
@@ -102,7 +102,7 @@ class BusWorker(threading.Thread):
             log.info("bus %s: meter %s answers again", self.spec.name, meter.id)
             self._failing.discard(meter.id)
         try:
-            if self.housekeeping.save(store, readings):
+            if self.housekeeping.save(store, result.readings, result.events):
                 self._notify()
         except StoreError as exc:
             log.error("bus %s: meter %s: readings not stored: %s", self.spec.name, meter.id, exc)

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from appliance.collect import modbus
 from appliance.collect.dlms import apdu, axdr
 from appliance.collect.dlms.security import SecurityKeys
 from appliance.collect.dlms.session import DlmsSession, DlmsSettings
-from appliance.collect.meters.dlms import CLOCK, DlmsModel, DlmsProfile, scaled_value
+from appliance.collect.meters.dlms import CLOCK, UNKNOWN_EVENT, DlmsModel, DlmsProfile, scaled_value
 from appliance.collect.meters.modbus import ModbusModel
 from appliance.config import BusSpec, MeterSpec, read_meter_secrets
 from appliance.errors import DeviceTimeout, ProtocolError
 from appliance.hw.rs485 import SerialPort
-from appliance.model import Reading
+from appliance.model import Event, Reading
 from appliance.store import Store
 from appliance.store.dlms_counters import DlmsCounters, open_counters
+from appliance.store.events import last_event_time
 from appliance.store.readings import last_stored
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """What one poll of one meter found: stored together, in one transaction."""
+
+    readings: list[Reading]
+    events: list[Event] = field(default_factory=list)
 
 
 class ModbusReader:
@@ -30,13 +40,13 @@ class ModbusReader:
         self.timeout_s = spec.timeout_ms / 1000
         self.retries = spec.retries
 
-    def read(self, meter: MeterSpec, model: ModbusModel, stamp: datetime, _store: Store) -> list[Reading]:
+    def read(self, meter: MeterSpec, model: ModbusModel, stamp: datetime, _store: Store) -> PollResult:
         """Every channel of `meter`, stamped `stamp`. Raises the last error when retries run out."""
         values = {}
         for block in model.read_plan():
             registers = self._read_block(meter.address, block.function, block.start, block.count)
             values.update(model.decode(block, registers))
-        return [Reading(meter.id, rtype, stamp, value) for rtype, value in values.items()]
+        return PollResult([Reading(meter.id, rtype, stamp, value) for rtype, value in values.items()])
 
     def _read_block(self, unit: int, function: modbus.Function, start: int, count: int) -> list[int]:
         request = modbus.read_request(unit, function, start, count)
@@ -88,8 +98,8 @@ class DlmsReader:
             retries=self.retries,
         )
 
-    def read(self, meter: MeterSpec, model: DlmsModel, stamp: datetime, store: Store) -> list[Reading]:
-        """The registers stamped `stamp`, and every profile interval after the last one stored."""
+    def read(self, meter: MeterSpec, model: DlmsModel, stamp: datetime, store: Store) -> PollResult:
+        """The registers stamped `stamp`, every profile interval and logged event after the last stored."""
         settings = self.settings(meter)
         counters = None
         if settings.keys is not None and settings.system_title is not None:
@@ -112,7 +122,34 @@ class DlmsReader:
                 )
             if model.profile is not None:
                 readings += self._profile(session, meter, model.profile, store)
-        return readings
+            events = self._events(session, meter, model, store)
+        return PollResult(readings, events)
+
+    def _events(self, session: DlmsSession, meter: MeterSpec, model: DlmsModel, store: Store) -> list[Event]:
+        """The event log's entries after the newest event stored (all of them for a new meter)."""
+        last = last_event_time(store, meter.id)
+        if last is None:
+            rows = session.get_entries(model.event_log)
+        else:
+            rows = session.get_range(model.event_log, last + timedelta(seconds=1), datetime.now(UTC))
+        if not isinstance(rows, axdr.Array):
+            raise ProtocolError(f"meter {meter.id}: event log {model.event_log} buffer is not an array")
+        events = []
+        for row in rows.items:
+            if not isinstance(row, axdr.Structure) or len(row.items) < 2:
+                raise ProtocolError(f"meter {meter.id}: event log row is not (clock, code): {row!r}")
+            code = _integer(row.items[1], model.event_log)
+            kind = model.event_types.get(code, UNKNOWN_EVENT)
+            events.append(
+                Event(
+                    meter.id,
+                    kind,
+                    axdr.DateTime.from_data(row.items[0]).to_utc(),
+                    reason=f"meter event {code}",
+                    details=(("dlmsEventCode", str(code)),),
+                )
+            )
+        return events
 
     def _scaler_unit(self, session: DlmsSession, meter: MeterSpec, obis: str) -> tuple[int, int]:
         key = (meter.id, obis)

@@ -187,7 +187,7 @@ class Substation:
             waiting = backlog(store)
         finally:
             store.close()
-        return waiting["unsent_readings"] == 0 and waiting["pending_messages"] == 0
+        return waiting["unsent_readings"] == waiting["unsent_events"] == waiting["pending_messages"] == 0
 
     def open_store(self) -> Store:
         """The daemon's store, read-only."""

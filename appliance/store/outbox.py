@@ -73,8 +73,9 @@ def insert_message(
     payload: bytes,
     created_at: int,
     carried: Sequence[tuple[int, int, int]] = (),
+    carried_events: Sequence[tuple[int, int, str]] = (),
 ) -> int:
-    """Inside a caller's transaction: store a built message and take its readings off `unsent`."""
+    """Inside a caller's transaction: store a built message and take what it carries off the queues."""
     cursor = conn.execute(
         """INSERT INTO outbox (message_id, priority, topic, content_type, payload, readings,
                                oldest_ts, created_at)
@@ -91,6 +92,7 @@ def insert_message(
         ),
     )
     conn.executemany("DELETE FROM unsent WHERE ts = ? AND meter = ? AND rtype = ?", carried)
+    conn.executemany("DELETE FROM unsent_events WHERE ts = ? AND meter = ? AND type = ?", carried_events)
     return cursor.lastrowid
 
 
@@ -124,6 +126,7 @@ def mark_acked(store: Store, outbox_ids: list[int], when: int) -> None:
 def backlog(store: Store) -> dict[str, int | None]:
     """What waits for the uplink: readings not yet packed, messages not yet acknowledged."""
     unsent, oldest = store.conn.execute("SELECT count(*), min(ts) FROM unsent").fetchone()
+    unsent_events = store.conn.execute("SELECT count(*) FROM unsent_events").fetchone()[0]
     pending, pending_readings = store.conn.execute(
         "SELECT count(*), coalesce(sum(readings), 0) FROM outbox WHERE acked_at IS NULL"
     ).fetchone()
@@ -132,6 +135,7 @@ def backlog(store: Store) -> dict[str, int | None]:
     ).fetchone()
     return {
         "unsent_readings": unsent,
+        "unsent_events": unsent_events,
         "oldest_unsent_ts": oldest,
         "pending_messages": pending,
         "pending_readings": pending_readings,

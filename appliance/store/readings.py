@@ -6,19 +6,24 @@ from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
-from appliance.model import Reading, ReadingType, epoch, reading_type, utc_from_epoch
+from appliance.model import Event, Reading, ReadingType, epoch, reading_type, utc_from_epoch
 from appliance.store.db import Store
+from appliance.store.events import insert_events
 
 
-def save_readings(store: Store, readings: Sequence[Reading], collected_at: int) -> int:
-    """Store a poll's readings in one transaction; returns how many were new.
+def save_readings(
+    store: Store, readings: Sequence[Reading], collected_at: int, events: Sequence[Event] = ()
+) -> int:
+    """Store a poll's readings (and the events it found) in one transaction; returns how many
+    readings and events were new.
 
     A reading whose (time, meter, ReadingType) is already stored is ignored, so reading the same
-    interval again stores nothing twice and queues nothing twice for the uplink.
+    interval again stores nothing twice and queues nothing twice for the uplink; so is an event.
     """
-    if not readings:
+    if not readings and not events:
         return 0
     with store.transaction() as conn:
+        new_events = insert_events(store, conn, events, collected_at) if events else 0
         rows = [
             (
                 epoch(r.timestamp),
@@ -35,7 +40,7 @@ def save_readings(store: Store, readings: Sequence[Reading], collected_at: int) 
             " VALUES (?, ?, ?, ?, ?, ?)",
             rows,
         )
-        return cursor.rowcount
+        return cursor.rowcount + new_events
 
 
 def reading_from_row(ts: int, mrid: str, code: str, value: str, quality: str) -> Reading:

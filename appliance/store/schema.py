@@ -72,4 +72,27 @@ MIGRATIONS: list[list[str]] = [
         ) WITHOUT ROWID""",
         "CREATE INDEX dlms_counters_key ON dlms_counters (key_id, reserved_up_to)",
     ],
+    [
+        # Events the meters logged (power down and up, cover opened, clock set, ...), unique by
+        # (time, meter, EndDeviceEventType): reading a meter's event log again stores nothing twice.
+        """CREATE TABLE events (
+            ts INTEGER NOT NULL,
+            meter INTEGER NOT NULL REFERENCES meters(id),
+            type TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            details TEXT NOT NULL DEFAULT '[]',
+            collected_at INTEGER NOT NULL,
+            PRIMARY KEY (ts, meter, type)
+        ) WITHOUT ROWID""",
+        # Events not yet in a message: the same trigger-fed queue as for readings.
+        """CREATE TABLE unsent_events (
+            ts INTEGER NOT NULL,
+            meter INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            PRIMARY KEY (ts, meter, type)
+        ) WITHOUT ROWID""",
+        """CREATE TRIGGER events_queue_unsent AFTER INSERT ON events BEGIN
+            INSERT INTO unsent_events (ts, meter, type) VALUES (NEW.ts, NEW.meter, NEW.type);
+        END""",
+    ],
 ]

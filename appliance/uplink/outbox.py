@@ -24,6 +24,7 @@ from appliance.errors import StoreError, StoreFull, TransportError
 from appliance.housekeeping import Housekeeping
 from appliance.model import epoch
 from appliance.store import Store
+from appliance.store.events import oldest_unsent_events
 from appliance.store.outbox import (
     OutboxMessage,
     Priority,
@@ -143,7 +144,7 @@ class OutboxPump(threading.Thread):
     def _fill_window(self, store: Store) -> None:
         """Publish until `max_inflight` messages await their PUBACK: stored messages first, then new."""
         while len(self._inflight) < self.config.uplink.max_inflight:
-            message = self._next_pending(store) or self._pack(store)
+            message = self._next_pending(store) or self._pack_events(store) or self._pack(store)
             if message is None:
                 return
             mid = self.link.publish(message.topic, message.payload, message.content_type)
@@ -159,6 +160,32 @@ class OutboxPump(threading.Thread):
         if found:
             self._refused_until.pop(found[0].id, None)
         return found[0] if found else None
+
+    def _pack_events(self, store: Store) -> OutboxMessage | None:
+        """Pack the oldest unsent meter events into an EndDeviceEvents message: alarms go first."""
+        events, keys = oldest_unsent_events(store, self.config.uplink.batch_max_readings)
+        if not events:
+            return None
+        message = build(self.config, self.clock, "EndDeviceEvents", events)
+        outbox_id = enqueue_message(
+            store,
+            message_id=message.message_id,
+            priority=Priority.ALARM,
+            topic=message.topic,
+            content_type=message.content_type,
+            payload=message.payload,
+            created_at=epoch(self.clock.now()),
+            carried_events=keys,
+        )
+        return OutboxMessage(
+            outbox_id,
+            message.message_id,
+            Priority.ALARM,
+            message.topic,
+            message.content_type,
+            message.payload,
+            0,
+        )
 
     def _pack(self, store: Store) -> OutboxMessage | None:
         """Pack the oldest unsent readings into a new message that fits the byte limit."""

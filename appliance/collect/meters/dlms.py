@@ -13,6 +13,18 @@ from appliance.model import Protocol, ReadingType
 # DLMS unit enumeration (IEC 62056-6-2) -> CIM UnitSymbol code (CIM-NOTES section 4).
 DLMS_TO_CIM_UNIT = {27: 38, 28: 61, 29: 63, 30: 72, 31: 71, 32: 73, 33: 5, 35: 29, 44: 33}
 
+# The standard event log's codes (DLMS UA / IDIS numbering) as IEC 61968-9 EndDeviceEventTypes
+# (CIM-NOTES section 5). Agree them with the MDM; a model may bring its own.
+STANDARD_EVENTS = {
+    1: "3.26.0.85",  # power down: power outage
+    2: "3.26.0.216",  # power up: power restored
+    4: "0.36.116.14",  # clock adjusted, old time: clock set (before)
+    5: "0.36.116.24",  # clock adjusted, new time: clock set (after)
+    44: "0.12.141.212",  # meter cover opened
+    45: "0.12.141.16",  # meter cover closed
+}
+UNKNOWN_EVENT = "3.0.0.0"  # an event code the model does not know: kept, with the code in its details
+
 CLOCK = "0.0.1.0.0.255"
 EVENT_LOG = "0.0.99.98.0.255"
 DISCONNECT_CONTROL = "0.0.96.3.10.255"
@@ -57,5 +69,6 @@ class DlmsModel:
     profile: DlmsProfile | None = None
     clock: str = CLOCK
     event_log: str = EVENT_LOG
+    event_types: dict[int, str] = field(default_factory=lambda: dict(STANDARD_EVENTS))
     disconnect_control: str = DISCONNECT_CONTROL
     protocol: Protocol = field(default=Protocol.DLMS)
