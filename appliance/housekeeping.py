@@ -16,10 +16,10 @@ from appliance.config import Config
 from appliance.errors import StoreFull
 from appliance.model import Event, Reading, epoch
 from appliance.store import Store
-from appliance.store.outbox import Priority, insert_message
+from appliance.store.outbox import Priority
 from appliance.store.readings import save_readings
 from appliance.store.retention import drop_oldest_unsent, prune_sent, used_bytes
-from appliance.uplink.messages import build
+from appliance.uplink.messages import build, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +75,7 @@ class Housekeeping:
                 return 0
             event = alarms.readings_dropped(self.config.hes.id, count, oldest, newest, self.clock.now())
             message = build(self.config, self.clock, "EndDeviceEvents", [event])
-            insert_message(
-                conn,
-                message_id=message.message_id,
-                priority=Priority.ALARM,
-                topic=message.topic,
-                content_type=message.content_type,
-                payload=message.payload,
-                created_at=epoch(self.clock.now()),
-            )
+            enqueue(conn, message, Priority.ALARM, epoch(self.clock.now()))
         self.dropped_unsent += count
         log.error("store full with nothing sent left: dropped %d unsent readings (alarm queued)", count)
         return count

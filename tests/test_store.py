@@ -18,7 +18,7 @@ from appliance.store.events import events_of, last_event_time, oldest_unsent_eve
 from appliance.store.outbox import (
     Priority,
     backlog,
-    enqueue_message,
+    insert_message,
     mark_acked,
     oldest_unsent,
     pending_messages,
@@ -31,6 +31,12 @@ from tests.conftest import meter_spec
 A_PLUS = ReadingType("0.0.0.1.1.1.12.0.0.0.0.0.0.0.0.3.72.0")
 A_MINUS = ReadingType("0.0.0.1.19.1.12.0.0.0.0.0.0.0.0.3.72.0")
 T0 = datetime(2026, 3, 29, 0, 0, tzinfo=UTC)
+
+
+def enqueue(store: Store, **message: object) -> int:
+    """A message into the outbox in its own transaction, as the pump does it."""
+    with store.transaction() as conn:
+        return insert_message(conn, **message)  # type: ignore[arg-type]
 
 
 def meters(*ids: str) -> list[MeterSpec]:
@@ -129,7 +135,7 @@ def test_outbox_takes_readings_off_the_queue_atomically_and_forgets_payloads_on_
         ("M1", T0),
         ("M1", T0 + timedelta(minutes=15)),
     ]
-    outbox_id = enqueue_message(
+    outbox_id = enqueue(
         store,
         message_id="m-1",
         priority=Priority.READINGS,
@@ -163,7 +169,7 @@ def test_replies_and_alarms_go_before_readings(store: Store) -> None:
         ("alarm", Priority.ALARM),
         ("reply", Priority.REPLY),
     ):
-        enqueue_message(
+        enqueue(
             store,
             message_id=message_id,
             priority=priority,
@@ -190,7 +196,7 @@ def test_events_are_stored_once_queued_and_handed_to_a_message(store: Store) -> 
     assert last_event_time(store, "M1") == restore.created and last_event_time(store, "M2") is None
     events, keys = oldest_unsent_events(store, 10)
     assert events == [outage, restore] and backlog(store)["unsent_events"] == 2
-    enqueue_message(
+    enqueue(
         store,
         message_id="e-1",
         priority=Priority.ALARM,

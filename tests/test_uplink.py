@@ -26,7 +26,7 @@ from appliance.store import Store
 from appliance.store.outbox import (
     Priority,
     backlog,
-    enqueue_message,
+    insert_message,
     mark_acked,
     oldest_unsent,
     pending_messages,
@@ -63,6 +63,12 @@ readings_strategy = st.lists(
 def test_compact_turns_back_into_exactly_the_xml(batch: list[Reading]) -> None:
     xml = cim.event_message(HEADER, cim.meter_readings(batch))
     assert compact.to_xml(compact.encode_meter_readings(HEADER, batch)) == xml
+
+
+def enqueue(store: Store, **message: object) -> int:
+    """A message into the outbox in its own transaction, as the pump does it."""
+    with store.transaction() as conn:
+        return insert_message(conn, **message)  # type: ignore[arg-type]
 
 
 def test_compact_keeps_trailing_zeros_and_large_exponents() -> None:
@@ -152,7 +158,7 @@ def poll(start: int, count: int = 500) -> list[Reading]:
 def send_all(store: Store) -> None:
     """Pack every unsent reading into acknowledged messages, as the pump would."""
     while (batch := oldest_unsent(store, 5000)).keys:
-        outbox_id = enqueue_message(
+        outbox_id = enqueue(
             store,
             message_id=f"m{batch.keys[0]}",
             priority=Priority.READINGS,

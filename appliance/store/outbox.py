@@ -11,7 +11,6 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
 
 from appliance.model import Reading
 from appliance.store.db import Store
@@ -94,12 +93,6 @@ def insert_message(
     conn.executemany("DELETE FROM unsent WHERE ts = ? AND meter = ? AND rtype = ?", carried)
     conn.executemany("DELETE FROM unsent_events WHERE ts = ? AND meter = ? AND type = ?", carried_events)
     return cursor.lastrowid
-
-
-def enqueue_message(store: Store, **message: Any) -> int:
-    """Store a built message and take the readings it carries off the unsent queue, atomically."""
-    with store.transaction() as conn:
-        return insert_message(conn, **message)
 
 
 def pending_messages(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from appliance.clock import Clock
 from appliance.config import Config
 from appliance.model import Event, Reading
+from appliance.store.outbox import OutboxMessage, Priority, insert_message
 from appliance.uplink import cim, compact
 
 
@@ -73,3 +75,35 @@ def build_pages(
         )
         for index, chunk in enumerate(chunks, start=1)
     ]
+
+
+def enqueue(
+    conn: sqlite3.Connection,
+    message: Built,
+    priority: Priority,
+    created_at: int,
+    carried: Sequence[tuple[int, int, int]] = (),
+    carried_events: Sequence[tuple[int, int, str]] = (),
+) -> OutboxMessage:
+    """Inside a caller's transaction: put a built message in the outbox, taking the readings and
+    events it carries off their queues; returns it as the pump publishes it."""
+    outbox_id = insert_message(
+        conn,
+        message_id=message.message_id,
+        priority=priority,
+        topic=message.topic,
+        content_type=message.content_type,
+        payload=message.payload,
+        created_at=created_at,
+        carried=carried,
+        carried_events=carried_events,
+    )
+    return OutboxMessage(
+        outbox_id,
+        message.message_id,
+        priority,
+        message.topic,
+        message.content_type,
+        message.payload,
+        len(carried),
+    )

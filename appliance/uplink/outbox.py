@@ -28,12 +28,11 @@ from appliance.store.events import oldest_unsent_events
 from appliance.store.outbox import (
     OutboxMessage,
     Priority,
-    enqueue_message,
     mark_acked,
     oldest_unsent,
     pending_messages,
 )
-from appliance.uplink.messages import build
+from appliance.uplink.messages import build, enqueue
 from appliance.uplink.mqtt import Ack, LinkChange, MqttLink
 
 log = logging.getLogger(__name__)
@@ -167,25 +166,8 @@ class OutboxPump(threading.Thread):
         if not events:
             return None
         message = build(self.config, self.clock, "EndDeviceEvents", events)
-        outbox_id = enqueue_message(
-            store,
-            message_id=message.message_id,
-            priority=Priority.ALARM,
-            topic=message.topic,
-            content_type=message.content_type,
-            payload=message.payload,
-            created_at=epoch(self.clock.now()),
-            carried_events=keys,
-        )
-        return OutboxMessage(
-            outbox_id,
-            message.message_id,
-            Priority.ALARM,
-            message.topic,
-            message.content_type,
-            message.payload,
-            0,
-        )
+        with store.transaction() as conn:
+            return enqueue(conn, message, Priority.ALARM, epoch(self.clock.now()), carried_events=keys)
 
     def _pack(self, store: Store) -> OutboxMessage | None:
         """Pack the oldest unsent readings into a new message that fits the byte limit."""
@@ -199,25 +181,10 @@ class OutboxPump(threading.Thread):
             if len(message.payload) <= uplink.batch_max_bytes or count == 1:
                 break
             count = max(1, count * uplink.batch_max_bytes // len(message.payload) * 9 // 10)
-        outbox_id = enqueue_message(
-            store,
-            message_id=message.message_id,
-            priority=Priority.READINGS,
-            topic=message.topic,
-            content_type=message.content_type,
-            payload=message.payload,
-            created_at=epoch(self.clock.now()),
-            carried=batch.keys[:count],
-        )
-        return OutboxMessage(
-            outbox_id,
-            message.message_id,
-            Priority.READINGS,
-            message.topic,
-            message.content_type,
-            message.payload,
-            count,
-        )
+        with store.transaction() as conn:
+            return enqueue(
+                conn, message, Priority.READINGS, epoch(self.clock.now()), carried=batch.keys[:count]
+            )
 
     def _housekeeping(self, store: Store) -> None:
         if time.monotonic() >= self._next_housekeeping:
