@@ -126,7 +126,7 @@ def run(config: Config) -> int:
             next_watchdog = time.monotonic() + watchdog
         if time.monotonic() >= next_status:
             next_status = time.monotonic() + config.uplink.status_interval_s
-            _report_status(config, store, clock, link, pump, workers)
+            _report_status(config, store, clock, link, pump)
 
     sd_notify("STOPPING=1")
     log.info("stopping")
@@ -138,9 +138,7 @@ def run(config: Config) -> int:
     return exit_code
 
 
-def _report_status(
-    config: Config, store: Store, clock: Clock, link: MqttLink, pump: OutboxPump, workers: list[BusWorker]
-) -> None:
+def _report_status(config: Config, store: Store, clock: Clock, link: MqttLink, pump: OutboxPump) -> None:
     """Refresh the retained status message and status.json; a failure here never stops the daemon."""
     try:
         document = status.snapshot(
@@ -151,7 +149,6 @@ def _report_status(
             drain_rate=pump.drain_rate(),
             published=pump.published,
             acknowledged=pump.acknowledged,
-            buses=workers,
         )
         status.write_status_file(config, document)
         link.publish_status(document)

@@ -79,6 +79,7 @@ class BusSpec:
     rs485_mode: bool
     timeout_ms: int
     retries: int
+    backoff_max_s: int
 
 
 @dataclass(frozen=True)
@@ -321,6 +322,7 @@ class _Loader:
                 (bus.stopbits in {1, 2}, f"{key}.stopbits", "1 or 2"),
                 (10 <= bus.timeout_ms <= 60000, f"{key}.timeout_ms", "10-60000"),
                 (0 <= bus.retries <= 10, f"{key}.retries", "0-10"),
+                (bus.backoff_max_s >= 1, f"{key}.backoff_max_s", "1 second or more"),
             ]
         seen: set[str] = set()
         for index, meter in enumerate(config.meters):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from appliance import __version__
 from appliance.clock import Clock
@@ -18,15 +18,10 @@ from appliance.model import epoch, utc_from_epoch
 from appliance.store import Store
 from appliance.store.outbox import backlog
 from appliance.store.retention import used_bytes
+from appliance.store.stats import bus_stats
 from appliance.uplink.cim import format_time
 
 STATUS_FILE = "status.json"
-
-
-class _Bus(Protocol):
-    spec: Any
-    polls: int
-    failures: int
 
 
 def backlog_status(store: Store, clock: Clock) -> dict[str, Any]:
@@ -52,7 +47,6 @@ def snapshot(
     drain_rate: float,
     published: int,
     acknowledged: int,
-    buses: list[_Bus],
 ) -> dict[str, Any]:
     """The status document of a running daemon."""
     return {
@@ -68,7 +62,7 @@ def snapshot(
             "messages_published": published,
             "messages_acknowledged": acknowledged,
         },
-        "buses": {bus.spec.name: {"polls": bus.polls, "failures": bus.failures} for bus in buses},
+        "buses": bus_stats(store),
         "store": {
             "used_mb": round(used_bytes(store) / 2**20, 1),
             "max_mb": config.store.max_size_mb,
@@ -116,7 +110,10 @@ def format_status(document: dict[str, Any]) -> str:
         + (f", draining {backlog_doc['drain_rate_per_s']}/s" if "drain_rate_per_s" in backlog_doc else "")
     )
     for name, bus in document.get("buses", {}).items():
-        lines.append(f"bus {name}:   {bus['polls']} polls, {bus['failures']} failed")
+        lines.append(
+            f"bus {name}:   {bus['attempts']} polls, {bus['successes']} answered, {bus['timeouts']} timeouts,"
+            f" {bus['crc_errors']} CRC errors, {bus['protocol_errors'] + bus['refusals']} other errors"
+        )
     if "store" in document:
         lines.append(f"store:   {document['store']['used_mb']} of {document['store']['max_mb']} MiB")
     return "\n".join(lines)

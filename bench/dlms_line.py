@@ -90,7 +90,7 @@ def main() -> None:
                 simulated, port=pair.peer, baud=args.baud, pace=True, turnaround_ms=args.turnaround_ms
             ),
         ):
-            spec = BusSpec("bench", True, str(pair.device), args.baud, "N", 8, 1, False, 2000, 2)
+            spec = BusSpec("bench", True, str(pair.device), args.baud, "N", 8, 1, False, 2000, 2, 3600)
             port = CountingPort(SerialPort(spec))
             port.open()
             rows = 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from appliance.clock import Clock
-from appliance.collect.bus import BusWorker
+from appliance.collect.bus import BusWorker, backoff_delay
 from appliance.collect.meters.catalog import PROFILE_A_PLUS_KWH, REGISTER_A_PLUS_KWH
 from appliance.config import BusSpec, MeterSpec, load_config
 from appliance.housekeeping import Housekeeping
@@ -25,6 +25,7 @@ from appliance.store import Store
 from appliance.store.events import events_of
 from appliance.store.readings import readings_between
 from appliance.store.registry import register_config_meters
+from appliance.store.stats import meter_stats
 from tests.conftest import REPO, meter_spec
 
 NO_TLS = REPO / "tests" / "data" / "no-tls.toml"
@@ -36,7 +37,7 @@ METERS = [
 
 
 def bus_spec(device: Path) -> BusSpec:
-    return BusSpec("A", True, str(device), 9600, "N", 8, 1, False, timeout_ms=200, retries=1)
+    return BusSpec("A", True, str(device), 9600, "N", 8, 1, False, timeout_ms=200, retries=1, backoff_max_s=4)
 
 
 class Rig:
@@ -62,6 +63,13 @@ class Rig:
         store = Store(self.path, readonly=True)
         try:
             return readings_between(store, meter, 0, 2**40)
+        finally:
+            store.close()
+
+    def stats(self) -> list[dict]:
+        store = Store(self.path, readonly=True)
+        try:
+            return meter_stats(store)
         finally:
             store.close()
 
@@ -108,8 +116,12 @@ def test_worker_polls_each_meter_once_per_slot_and_a_silent_meter_costs_only_its
     energy = [r.value for r in rig.readings("M2") if r.reading_type == REGISTER_A_PLUS_KWH]
     assert len(energy) >= 3 and energy == sorted(energy) and energy[0] > 1000
     assert rig.readings("SILENT") == []
-    # The silent meter failed every slot, and its 2 x 200 ms never kept the others from their slots.
-    assert rig.worker.failures >= 3
+    # Every poll counted in the store: the silent meter's timeouts, the others' answers and their times.
+    stats = {row["mrid"]: row for row in rig.stats()}
+    silent, answering = stats["SILENT"], stats["M1"]
+    assert silent["attempts"] == silent["timeouts"] == silent["consecutive_failures"] >= 2
+    assert silent["successes"] == 0 and silent["last_success"] is None and "0 of" in silent["last_error"]
+    assert answering["attempts"] == answering["successes"] >= 3 and answering["response_ms"] > 0
     assert rig.notified >= 3
 
 
@@ -160,7 +172,7 @@ def test_worker_reads_dlms_meters_and_catches_up_their_profile_exactly(tmp_path:
         events = rig.events(meter)
         assert [e.event_type for e in events] == ["3.26.0.85", "3.26.0.216", "0.12.141.212", "0.12.141.16"]
         assert [dict(e.details)["dlmsEventCode"] for e in events] == ["1", "2", "44", "45"]
-    assert rig.worker.failures == 0
+    assert all(row["attempts"] == row["successes"] for row in rig.stats())  # not one failure
 
 
 def test_a_gap_in_the_profile_is_read_again_exactly(tmp_path: Path) -> None:
@@ -187,3 +199,30 @@ def test_a_gap_in_the_profile_is_read_again_exactly(tmp_path: Path) -> None:
         (r.reading_type, r.timestamp, r.value) for r in rig.readings("D17") if r.reading_type.is_interval
     }
     assert before <= after  # every interval the meter holds is back, with the same value
+
+
+@pytest.mark.parametrize(
+    ("failures", "delay"),
+    [(0, 5), (1, 5), (2, 10), (3, 20), (4, 40), (6, 60), (200, 60)],
+)
+def test_backoff_doubles_per_failure_up_to_its_cap(failures: int, delay: int) -> None:
+    assert backoff_delay(5, failures, 60) == delay
+    assert backoff_delay(900, failures, 60) == 900  # never more often than the meter's own interval
+
+
+def test_a_failing_meter_is_backed_off_and_comes_back_by_itself(tmp_path: Path) -> None:
+    meters = [meter_spec("M1", 1, "sdm630", 1), meter_spec("M2", 2, "generic-wh32", 1)]
+    with PtyPair(tmp_path, "B") as pair:
+        simulator = SimulatedModbusBus(pair.peer, [(1, "sdm630")]).start()  # M2 is not wired yet
+        rig = Rig(tmp_path, pair.device, meters)
+        rig.worker.start()
+        assert rig.wait_for_slots("M1", 7, timeout=20)
+        tried = {row["mrid"]: row["attempts"] for row in rig.stats()}
+        # In the time M1 was read 7 times, M2 was tried at 0, +1, +2, +4 s: backed off, not hammered.
+        assert 2 <= tried["M2"] <= 5 < tried["M1"]
+        simulator.stop()
+        with SimulatedModbusBus(pair.peer, [(1, "sdm630"), (2, "generic-wh32")]):  # now it answers
+            assert rig.wait_for_slots("M2", 2, timeout=20)
+        rig.halt()
+    back = {row["mrid"]: row for row in rig.stats()}["M2"]
+    assert back["consecutive_failures"] == 0 and back["successes"] >= 2 and back["timeouts"] >= 2

@@ -44,6 +44,7 @@ def test_template_gives_every_field_a_default(tmp_path: Path) -> None:
         rs485_mode=False,
         timeout_ms=1000,
         retries=2,
+        backoff_max_s=3600,
     )
     assert config.meters == (MeterSpec("M1", "A", Protocol.MODBUS, 1, "sdm630", 900, 1, 16, "none", None),)
     assert isinstance(config.mqtt, MqttSection) and config.mqtt.port == 8883

@@ -90,7 +90,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 
 @pytest.fixture
 def port(bus: PtyPair) -> Iterator[SerialPort]:
-    port = SerialPort(BusSpec("T", True, str(bus.device), 9600, "N", 8, 1, False, 500, 2))
+    port = SerialPort(BusSpec("T", True, str(bus.device), 9600, "N", 8, 1, False, 500, 2, 3600))
     port.open()
     yield port
     port.close()
@@ -374,7 +374,7 @@ def line(tmp_path: Path) -> Iterator[tuple[Line, SerialPort]]:
         SimulatedDlmsBus([parse_meter(METER_17)], port=meters.peer),
     ):
         spoiler = Line(hes.peer, meters.device)
-        port = SerialPort(BusSpec("N", True, str(hes.device), 9600, "N", 8, 1, False, 500, 2))
+        port = SerialPort(BusSpec("N", True, str(hes.device), 9600, "N", 8, 1, False, 500, 2, 3600))
         port.open()
         yield spoiler, port
         port.close()
@@ -446,7 +446,7 @@ CRASH_SCRIPT = """
 import os, signal, sys
 from pathlib import Path
 from tests.test_dlms_session import BusSpec, SerialPort, Store, on_bus
-port = SerialPort(BusSpec("K", True, sys.argv[1], 9600, "N", 8, 1, False, 500, 2))
+port = SerialPort(BusSpec("K", True, sys.argv[1], 9600, "N", 8, 1, False, 500, 2, 3600))
 port.open()
 session = on_bus(port, 17, "hls-gmac", Store(Path(sys.argv[2])))
 session.associate()
@@ -463,7 +463,7 @@ def test_counters_increase_across_sessions_and_a_killed_process(tmp_path: Path) 
         PtyPair(tmp_path, "C") as pair,
         SimulatedDlmsBus([parse_meter(METER_17)], port=pair.peer),  # a meter that saw no counter yet
     ):
-        port = SerialPort(BusSpec("C", True, str(pair.device), 9600, "N", 8, 1, False, 500, 2))
+        port = SerialPort(BusSpec("C", True, str(pair.device), 9600, "N", 8, 1, False, 500, 2, 3600))
         port.open()
         for _ in range(2):
             store = Store(path)

@@ -195,7 +195,7 @@ def test_status_shows_the_link_and_the_backlog(substation: Substation) -> None:
         assert document["state"] == "online" and document["hes_id"] == "hes-e2e"
         assert document["uplink"]["connected"] is True
         assert set(document["backlog"]) >= {"unsent_readings", "oldest_unsent", "drain_rate_per_s"}
-        assert set(document["buses"]) == {"A", "B"} and document["buses"]["A"]["polls"] > 0
+        assert set(document["buses"]) == {"A", "B"} and document["buses"]["A"]["successes"] > 0
         shown = subprocess.run(
             [
                 sys.executable,

@@ -95,4 +95,22 @@ MIGRATIONS: list[list[str]] = [
             INSERT INTO unsent_events (ts, meter, type) VALUES (NEW.ts, NEW.meter, NEW.type);
         END""",
     ],
+    [
+        # Communication statistics per meter (per bus: summed over the bus's meters). The streak of
+        # consecutive failures drives the backoff, so it survives a restart with the rest.
+        """CREATE TABLE meter_stats (
+            meter INTEGER PRIMARY KEY REFERENCES meters(id),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            successes INTEGER NOT NULL DEFAULT 0,
+            timeouts INTEGER NOT NULL DEFAULT 0,
+            crc_errors INTEGER NOT NULL DEFAULT 0,
+            protocol_errors INTEGER NOT NULL DEFAULT 0,
+            refusals INTEGER NOT NULL DEFAULT 0,
+            consecutive_failures INTEGER NOT NULL DEFAULT 0,
+            response_ms_total INTEGER NOT NULL DEFAULT 0,
+            last_attempt INTEGER,
+            last_success INTEGER,
+            last_error TEXT NOT NULL DEFAULT ''
+        )""",
+    ],
 ]

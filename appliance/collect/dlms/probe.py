@@ -198,7 +198,7 @@ def _prepare(
         where = f"tcp:{host}:{number}:{args.server}"
     else:
         spec = BusSpec(
-            "probe", True, args.port, args.baud, "N", 8, 1, False, int(args.timeout * 1000), args.retries
+            "probe", True, args.port, args.baud, "N", 8, 1, False, int(args.timeout * 1000), args.retries, 0
         )
         port = SerialPort(spec)
         addressing = {"framing": "hdlc", "logical": args.logical, "physical": args.server}
