@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -32,12 +33,17 @@ def test_sd_notify_delivers_and_never_blocks_when_nobody_reads(notify_socket: so
 
 
 def test_sd_notify_without_systemd_or_with_a_dead_socket_is_quiet(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="hes")
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     sd_notify("READY=1")
+    assert caplog.records == []  # outside systemd: nothing to do, nothing to say
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody.sock"))
-    sd_notify("READY=1")
+    sd_notify("READY=1")  # must not raise
+    assert [(r.levelno, "READY=1 not delivered" in r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, True)
+    ]
 
 
 @pytest.mark.parametrize(

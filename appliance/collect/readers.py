@@ -75,11 +75,18 @@ class DlmsReader:
         self.retries = spec.retries
         self._scaler_units: dict[tuple[str, str], tuple[int, int]] = {}
         self._columns: dict[tuple[str, str], list[str]] = {}
+        # Secrets are read once per meter: the keys file, like the config, changes with a restart.
+        self._settings: dict[str, DlmsSettings] = {}
         # One counter object per meter and key: each opening reserves a fresh block of counters.
         self._counters: dict[tuple[str, bytes, bytes], DlmsCounters] = {}
 
     def settings(self, meter: MeterSpec) -> DlmsSettings:
         """How to reach and authenticate to `meter`; secrets from its keys file, never the config."""
+        if meter.id not in self._settings:
+            self._settings[meter.id] = self._read_settings(meter)
+        return self._settings[meter.id]
+
+    def _read_settings(self, meter: MeterSpec) -> DlmsSettings:
         secrets = read_meter_secrets(meter.keys_file) if meter.keys_file else {}
         keys = None
         if "encryption_key" in secrets:

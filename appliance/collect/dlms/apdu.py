@@ -1192,6 +1192,18 @@ def _read_release_reason(element: ByteReader, what: str) -> int:
     return content[0]
 
 
+def _release_bytes(
+    tag: int, reason: int | None, user_information: InitiateRequest | InitiateResponse | CipheredApdu | None
+) -> bytes:
+    """RLRQ and RLRE share one layout: an optional reason [0] and optional user-information [30]."""
+    out = bytearray()
+    if reason is not None:
+        out += _ber(0x80, bytes((reason,)))
+    if user_information is not None:
+        out += _ber(0xBE, _ber(0x04, user_information.to_bytes()))
+    return _ber(tag, bytes(out))
+
+
 @dataclass(frozen=True, slots=True)
 class ReleaseRequest:
     """RLRQ: the client ends the association (with a ciphered InitiateRequest for a protected release)."""
@@ -1202,12 +1214,8 @@ class ReleaseRequest:
 
     def to_bytes(self) -> bytes:
         """The BER encoding (tag 0x62)."""
-        out = bytearray()
-        if self.reason is not None:
-            out += _ber(0x80, bytes((ReleaseRequestReason(self.reason),)))
-        if self.user_information is not None:
-            out += _ber(0xBE, _ber(0x04, self.user_information.to_bytes()))
-        return _ber(self.TAG, bytes(out))
+        reason = None if self.reason is None else ReleaseRequestReason(self.reason)
+        return _release_bytes(self.TAG, reason, self.user_information)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ReleaseRequest:
@@ -1235,12 +1243,8 @@ class ReleaseResponse:
 
     def to_bytes(self) -> bytes:
         """The BER encoding (tag 0x63)."""
-        out = bytearray()
-        if self.reason is not None:
-            out += _ber(0x80, bytes((ReleaseResponseReason(self.reason),)))
-        if self.user_information is not None:
-            out += _ber(0xBE, _ber(0x04, self.user_information.to_bytes()))
-        return _ber(self.TAG, bytes(out))
+        reason = None if self.reason is None else ReleaseResponseReason(self.reason)
+        return _release_bytes(self.TAG, reason, self.user_information)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ReleaseResponse:

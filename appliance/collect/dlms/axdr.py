@@ -573,11 +573,6 @@ class Date(Data):
             _unfield(data[4]),
         )
 
-    @classmethod
-    def from_date(cls, day: date) -> Date:
-        """A fully specified date (day of week included)."""
-        return cls(day.year, day.month, day.day, day.isoweekday())
-
     def to_bytes(self) -> bytes:
         """The 5 bytes, wildcards as 0xFF/0xFFFF."""
         return bytes(
@@ -627,11 +622,6 @@ class Time(Data):
         if len(data) != 4:
             raise ProtocolError(f"a COSEM time has 4 bytes, got {len(data)}")
         return cls(_unfield(data[0]), _unfield(data[1]), _unfield(data[2]), _unfield(data[3]))
-
-    @classmethod
-    def from_time(cls, moment: time) -> Time:
-        """A fully specified time of day (microseconds truncated to hundredths)."""
-        return cls(moment.hour, moment.minute, moment.second, moment.microsecond // 10000)
 
     def to_bytes(self) -> bytes:
         """The 4 bytes, wildcards as 0xFF."""
