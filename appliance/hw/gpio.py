@@ -1,0 +1,93 @@
+"""GPIO output lines (LEDs, the modem's power and reset): one thin driver, and a fake for tests.
+
+On the appliance the `RPi.GPIO` API comes from rpi-lgpio, which talks to /dev/gpiochip* (the unit's
+`ProcSubset=pid` hides /proc/cpuinfo, which the classic RPi.GPIO needs). It is imported only when a
+real backend is asked for, so nothing here needs a Pi to import.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Protocol
+
+from appliance.errors import DeviceError
+
+
+class Gpio(Protocol):
+    """Output lines by BCM number."""
+
+    def setup_output(self, pin: int, initial: bool = False) -> None:
+        """Make `pin` an output, driven to `initial`."""
+
+    def write(self, pin: int, value: bool) -> None:
+        """Drive `pin` high (True) or low."""
+
+    def close(self) -> None:
+        """Release every line (they float back to their pull default)."""
+
+
+class FakeGpio:
+    """Records every level change with a monotonic time stamp; what the tests look at."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.levels: dict[int, bool] = {}
+        self.history: list[tuple[float, int, bool]] = []
+
+    def setup_output(self, pin: int, initial: bool = False) -> None:
+        """Make `pin` an output, driven to `initial`."""
+        with self._lock:
+            self.levels[pin] = initial
+            self.history.append((time.monotonic(), pin, initial))
+
+    def write(self, pin: int, value: bool) -> None:
+        """Drive `pin`; writing an unset-up pin is the same bug it is on a Pi."""
+        with self._lock:
+            if pin not in self.levels:
+                raise DeviceError(f"GPIO {pin} written before it was set up as an output")
+            if self.levels[pin] != value:
+                self.levels[pin] = value
+                self.history.append((time.monotonic(), pin, value))
+
+    def changes(self, pin: int) -> list[tuple[float, bool]]:
+        """The level changes of one pin, oldest first."""
+        with self._lock:
+            return [(t, v) for t, p, v in self.history if p == pin]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class RpiGpio:
+    """The RPi.GPIO API (rpi-lgpio on the appliance), BCM numbering."""
+
+    def __init__(self) -> None:
+        try:
+            import RPi.GPIO as gpio  # noqa: PLC0415 - only on a Pi
+        except (ImportError, RuntimeError) as exc:
+            raise DeviceError(f"GPIO unavailable ({exc}): install rpi-lgpio, or use backend 'fake'") from exc
+        self._gpio: Any = gpio
+        gpio.setwarnings(False)
+        gpio.setmode(gpio.BCM)
+
+    def setup_output(self, pin: int, initial: bool = False) -> None:
+        """Make `pin` an output, driven to `initial`."""
+        self._gpio.setup(pin, self._gpio.OUT, initial=self._gpio.HIGH if initial else self._gpio.LOW)
+
+    def write(self, pin: int, value: bool) -> None:
+        """Drive `pin` high (True) or low."""
+        self._gpio.output(pin, self._gpio.HIGH if value else self._gpio.LOW)
+
+    def close(self) -> None:
+        """Release the lines this process set up."""
+        self._gpio.cleanup()
+
+
+def open_gpio(backend: str) -> Gpio:
+    """`rpi` on the appliance, `fake` anywhere else (the demo and the tests)."""
+    if backend == "rpi":
+        return RpiGpio()
+    if backend == "fake":
+        return FakeGpio()
+    raise DeviceError(f"unknown GPIO backend {backend!r} (expected 'rpi' or 'fake')")
