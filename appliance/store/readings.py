@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -24,23 +25,30 @@ def save_readings(
         return 0
     with store.transaction() as conn:
         new_events = insert_events(store, conn, events, collected_at) if events else 0
-        rows = [
-            (
-                epoch(r.timestamp),
-                store.meter_key(r.meter_id),
-                store.reading_type_key(r.reading_type.code),
-                str(r.value),
-                ",".join(r.qualities),
-                collected_at,
-            )
-            for r in readings
-        ]
-        cursor = conn.executemany(
-            "INSERT OR IGNORE INTO readings (ts, meter, rtype, value, quality, collected_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            rows,
+        return insert_readings(store, conn, readings, collected_at) + new_events
+
+
+def insert_readings(
+    store: Store, conn: sqlite3.Connection, readings: Sequence[Reading], collected_at: int
+) -> int:
+    """Inside a caller's transaction: store readings, ignoring ones stored already; returns the new ones."""
+    rows = [
+        (
+            epoch(r.timestamp),
+            store.meter_key(r.meter_id),
+            store.reading_type_key(r.reading_type.code),
+            str(r.value),
+            ",".join(r.qualities),
+            collected_at,
         )
-        return cursor.rowcount + new_events
+        for r in readings
+    ]
+    cursor = conn.executemany(
+        "INSERT OR IGNORE INTO readings (ts, meter, rtype, value, quality, collected_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    return cursor.rowcount
 
 
 def reading_from_row(ts: int, mrid: str, code: str, value: str, quality: str) -> Reading:
@@ -84,3 +92,22 @@ def last_stored(store: Store, mrid: str, reading_types: list[ReadingType]) -> da
         (store.meter_key(mrid), *keys),
     ).fetchone()
     return utc_from_epoch(row[0]) if row else None
+
+
+def last_reading(
+    store: Store, mrid: str, code: str, before: datetime, not_before: datetime
+) -> Reading | None:
+    """The newest stored reading of one series with not_before <= ts < before (None if none): what
+    the edge quality checks compare a new value with.
+
+    Walks the time-first key backwards from `before`; `not_before` bounds the walk for a series that
+    has nothing stored. The ReadingType is matched by code, so looking never writes.
+    """
+    row = store.conn.execute(
+        """SELECT r.ts, m.mrid, t.code, r.value, r.quality
+           FROM readings r JOIN meters m ON m.id = r.meter JOIN reading_types t ON t.id = r.rtype
+           WHERE r.ts < ? AND r.ts >= ? AND r.meter = ? AND t.code = ?
+           ORDER BY r.ts DESC LIMIT 1""",
+        (epoch(before), epoch(not_before), store.meter_key(mrid), code),
+    ).fetchone()
+    return reading_from_row(*row) if row else None

@@ -44,10 +44,16 @@ def scaled_value(raw: int, scaler: int, dlms_unit: int, reading_type: ReadingTyp
 
 @dataclass(frozen=True)
 class DlmsRegister:
-    """A class 3 register read for its value (attribute 2) with its scaler and unit (attribute 3)."""
+    """A class 3 register read for its value (attribute 2) with its scaler and unit (attribute 3).
+
+    `rollover`: where the register wraps to 0, in the ReadingType's unit, if the model knows it (the
+    raw width alone does not say it: the scaler comes from the meter). A profile column capturing
+    this register wraps at the same value.
+    """
 
     obis: str
     reading_type: ReadingType
+    rollover: Decimal | None = None
 
 
 @dataclass(frozen=True)

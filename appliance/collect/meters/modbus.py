@@ -37,6 +37,16 @@ class ModbusChannel:
     address: int
     encoding: Encoding
     exponent: int = 0
+    # Where a cumulative counter wraps to 0, in the ReadingType's unit, when that is not the
+    # register width (a meter whose display has 8 digits wraps at 10**8 units).
+    rollover: Decimal | None = None
+
+    @property
+    def wraps_at(self) -> Decimal | None:
+        """The value at which this channel wraps: `rollover`, else the width of an integer encoding."""
+        if self.rollover is not None or self.encoding is Encoding.F32:
+            return self.rollover
+        return Decimal(2 ** (16 * self.encoding.registers)).scaleb(self.exponent)
 
     def decode(self, registers: list[int]) -> Decimal:
         """The channel's value from exactly `encoding.registers` registers."""
