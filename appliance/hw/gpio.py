@@ -68,20 +68,25 @@ class RpiGpio:
         except (ImportError, RuntimeError) as exc:
             raise DeviceError(f"GPIO unavailable ({exc}): install rpi-lgpio, or use backend 'fake'") from exc
         self._gpio: Any = gpio
+        self._pins: set[int] = set()
         gpio.setwarnings(False)
         gpio.setmode(gpio.BCM)
 
     def setup_output(self, pin: int, initial: bool = False) -> None:
         """Make `pin` an output, driven to `initial`."""
         self._gpio.setup(pin, self._gpio.OUT, initial=self._gpio.HIGH if initial else self._gpio.LOW)
+        self._pins.add(pin)
 
     def write(self, pin: int, value: bool) -> None:
         """Drive `pin` high (True) or low."""
         self._gpio.output(pin, self._gpio.HIGH if value else self._gpio.LOW)
 
     def close(self) -> None:
-        """Release the lines this process set up."""
-        self._gpio.cleanup()
+        """Release the lines this driver set up; the LED panel and the modem each have one driver,
+        and closing one must not let the other's lines float."""
+        if self._pins:
+            self._gpio.cleanup(sorted(self._pins))
+            self._pins.clear()
 
 
 def open_gpio(backend: str) -> Gpio:
