@@ -26,9 +26,11 @@ from appliance.store.events import events_of
 from appliance.store.readings import readings_between
 from appliance.store.registry import register_config_meters
 from appliance.store.stats import meter_stats
-from tests.conftest import REPO, meter_spec
+from tests.conftest import REPO, meter_spec, write_config
 
 NO_TLS = REPO / "tests" / "data" / "no-tls.toml"
+# The DLMS model's profile and event log read on every 2-second poll, not every 15 minutes and hour.
+FAST_SCHEDULES = "[schedules.dlms-generic]\nprofile_s = 2\nevents_s = 2\nclock_s = 0\n"
 METERS = [
     meter_spec("M1", 1, "sdm630", 1),
     meter_spec("M2", 2, "generic-wh32", 1),
@@ -51,9 +53,17 @@ class Rig:
         self.notified = 0
         self.stop = threading.Event()
         clock = Clock()
-        housekeeping = Housekeeping(load_config(NO_TLS), clock)
+        config = load_config(NO_TLS, write_config(tmp_path / "fast.toml", FAST_SCHEDULES))
+        housekeeping = Housekeeping(config, clock)
         self.worker = BusWorker(
-            bus_spec(device), meters, lambda: Store(self.path), clock, housekeeping, self._notify, self.stop
+            bus_spec(device),
+            meters,
+            lambda: Store(self.path),
+            clock,
+            housekeeping,
+            self._notify,
+            self.stop,
+            config,
         )
 
     def _notify(self) -> None:

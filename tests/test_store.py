@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from appliance.config import MeterSpec
 from appliance.errors import StoreError
-from appliance.model import Event, Reading, ReadingType
+from appliance.model import Event, Protocol, Reading, ReadingType
 from appliance.store import Store
 from appliance.store.events import events_of, last_event_time, oldest_unsent_events
 from appliance.store.outbox import (
@@ -24,7 +24,15 @@ from appliance.store.outbox import (
     pending_messages,
 )
 from appliance.store.readings import count_readings, readings_between, save_readings
-from appliance.store.registry import list_meters, register_config_meters
+from appliance.store.registry import (
+    UNASSIGNED,
+    active_meters,
+    list_meters,
+    register_config_meters,
+    register_meter,
+    registered_meter,
+    remove_meter,
+)
 from appliance.store.schema import MIGRATIONS
 from tests.conftest import meter_spec
 
@@ -124,8 +132,24 @@ def test_registry_follows_the_config_and_keeps_its_keys(store: Store) -> None:
         "address": 9,
         "model": "generic-wh32",
         "source": "config",
+        "state": "active",
+        "identity": {},
     }
-    assert "M2" in rows and store.meter_key("M1") == key
+    # M2 left the config: no longer polled, but kept with its key for its readings.
+    assert rows["M2"]["state"] == "removed" and store.meter_key("M1") == key
+    assert [m.id for m in active_meters(store)] == ["M1"]
+
+
+def test_meters_from_the_mdm_and_discovery_survive_and_keep_their_settings(store: Store) -> None:
+    spec = meter_spec("MDM-7", 33, "dlms-generic", 0, bus="B", protocol=Protocol.DLMS)
+    register_meter(store, spec, "mdm", 10)
+    register_meter(store, meter_spec("D-1", 40), "discovery", 11, UNASSIGNED, {"serial": "123"})
+    register_config_meters(store, meters("M1", "M2"), 12)  # a restart with the same config
+    assert registered_meter(store, "MDM-7") == (spec, "mdm", "active")
+    assert {m.id for m in active_meters(store)} == {"M1", "M2", "MDM-7"}
+    assert {r["mrid"]: r["identity"] for r in list_meters(store)}["D-1"] == {"serial": "123"}
+    assert remove_meter(store, "MDM-7", 13) and not remove_meter(store, "MDM-7", 14)
+    assert registered_meter(store, "MDM-7")[2] == "removed"
 
 
 def test_outbox_takes_readings_off_the_queue_atomically_and_forgets_payloads_on_ack(store: Store) -> None:

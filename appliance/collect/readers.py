@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from appliance.clock import Clock
 from appliance.collect import modbus
 from appliance.collect.dlms import apdu, axdr
 from appliance.collect.dlms.security import SecurityKeys
-from appliance.collect.dlms.session import DlmsSession, DlmsSettings
+from appliance.collect.dlms.session import DlmsSession, DlmsSettings, FramePort
+from appliance.collect.jobs import Task
+from appliance.collect.meter_time import ClockAction, ClockDecision, decide, write_denied
 from appliance.collect.meters.dlms import CLOCK, UNKNOWN_EVENT, DlmsModel, DlmsProfile, scaled_value
 from appliance.collect.meters.modbus import ModbusModel
-from appliance.config import BusSpec, MeterSpec, read_meter_secrets
-from appliance.errors import DeviceTimeout, ProtocolError
-from appliance.hw.rs485 import SerialPort
+from appliance.config import BusSpec, MeterSpec, MeterTimeSection, read_meter_secrets
+from appliance.errors import DeviceError, DeviceTimeout, ProtocolError
 from appliance.model import Event, Reading
 from appliance.store import Store
 from appliance.store.dlms_counters import DlmsCounters, open_counters
@@ -24,24 +26,36 @@ from appliance.store.readings import last_stored
 log = logging.getLogger(__name__)
 
 
+ALL_TASKS = frozenset(Task)
+
+
 @dataclass(frozen=True)
 class PollResult:
     """What one poll of one meter found: stored together, in one transaction."""
 
     readings: list[Reading]
     events: list[Event] = field(default_factory=list)
+    clock: ClockDecision | None = None  # when the poll checked the meter's clock
 
 
 class ModbusReader:
     """Reads the channels of a Modbus meter model, block by block, with retries."""
 
-    def __init__(self, port: SerialPort, spec: BusSpec) -> None:
+    def __init__(self, port: FramePort, spec: BusSpec) -> None:
         self.port = port
         self.timeout_s = spec.timeout_ms / 1000
         self.retries = spec.retries
 
-    def read(self, meter: MeterSpec, model: ModbusModel, stamp: datetime, _store: Store) -> PollResult:
-        """Every channel of `meter`, stamped `stamp`. Raises the last error when retries run out."""
+    def read(
+        self,
+        meter: MeterSpec,
+        model: ModbusModel,
+        stamp: datetime,
+        _store: Store,
+        _tasks: frozenset[Task] = ALL_TASKS,
+    ) -> PollResult:
+        """Every channel of `meter`, stamped `stamp` (registers are all a Modbus model has). Raises the
+        last error when retries run out."""
         values = {}
         for block in model.read_plan():
             registers = self._read_block(meter.address, block.function, block.start, block.count)
@@ -69,10 +83,14 @@ class DlmsReader:
     change while a meter is installed, and each costs a request turnaround on a 9600-baud bus.
     """
 
-    def __init__(self, port: SerialPort, spec: BusSpec) -> None:
+    def __init__(
+        self, port: FramePort, spec: BusSpec, clock: Clock, meter_time: MeterTimeSection | None = None
+    ) -> None:
         self.port = port
         self.timeout_s = spec.timeout_ms / 1000
         self.retries = spec.retries
+        self.clock = clock
+        self.meter_time = meter_time
         self._scaler_units: dict[tuple[str, str], tuple[int, int]] = {}
         self._columns: dict[tuple[str, str], list[str]] = {}
         # Secrets are read once per meter: the keys file, like the config, changes with a restart.
@@ -105,8 +123,8 @@ class DlmsReader:
             retries=self.retries,
         )
 
-    def read(self, meter: MeterSpec, model: DlmsModel, stamp: datetime, store: Store) -> PollResult:
-        """The registers stamped `stamp`, every profile interval and logged event after the last stored."""
+    def session(self, meter: MeterSpec, store: Store) -> DlmsSession:
+        """A session with `meter` (not yet associated: use it as a context manager)."""
         settings = self.settings(meter)
         counters = None
         if settings.keys is not None and settings.system_title is not None:
@@ -114,23 +132,60 @@ class DlmsReader:
             if key not in self._counters:
                 self._counters[key] = open_counters(store, meter.id, settings.keys, settings.system_title)
             counters = self._counters[key]
+        return DlmsSession(self.port, settings, counters)
+
+    def read(
+        self,
+        meter: MeterSpec,
+        model: DlmsModel,
+        stamp: datetime,
+        store: Store,
+        tasks: frozenset[Task] = ALL_TASKS,
+    ) -> PollResult:
+        """In one association, the parts of the model in `tasks`: the clock check first (its outcome
+        marks the readings), registers stamped `stamp`, then every profile interval and logged
+        event after the last stored."""
         readings: list[Reading] = []
-        with DlmsSession(self.port, settings, counters) as session:
-            for register in model.registers:
-                raw = _integer(session.get(3, register.obis, 2), register.obis)
-                scaler, unit = self._scaler_unit(session, meter, register.obis)
-                readings.append(
-                    Reading(
-                        meter.id,
-                        register.reading_type,
-                        stamp,
-                        scaled_value(raw, scaler, unit, register.reading_type),
-                    )
-                )
-            if model.profile is not None:
+        events: list[Event] = []
+        decision = None
+        with self.session(meter, store) as session:
+            if Task.CLOCK in tasks and self.meter_time is not None:
+                decision = self._check_clock(session, meter, model)
+                events += [decision.event] if decision.event else []
+            if Task.REGISTERS in tasks:
+                readings += self._registers(session, meter, model, stamp)
+            if Task.PROFILE in tasks and model.profile is not None:
                 readings += self._profile(session, meter, model.profile, store)
-            events = self._events(session, meter, model, store)
-        return PollResult(readings, events)
+            if Task.EVENTS in tasks:
+                events = self._events(session, meter, model, store) + events
+        return PollResult(readings, events, decision)
+
+    def _registers(
+        self, session: DlmsSession, meter: MeterSpec, model: DlmsModel, stamp: datetime
+    ) -> list[Reading]:
+        readings = []
+        for register in model.registers:
+            raw = _integer(session.get(3, register.obis, 2), register.obis)
+            scaler, unit = self._scaler_unit(session, meter, register.obis)
+            value = scaled_value(raw, scaler, unit, register.reading_type)
+            readings.append(Reading(meter.id, register.reading_type, stamp, value))
+        return readings
+
+    def _check_clock(self, session: DlmsSession, meter: MeterSpec, model: DlmsModel) -> ClockDecision:
+        """Read the meter clock and apply the meter-time policy (writing the clock if it says so)."""
+        assert self.meter_time is not None
+        meter_time = axdr.DateTime.from_data(session.get(8, model.clock, 2))
+        decision = decide(meter.id, meter_time, self.clock.now(), self.clock.trusted(), self.meter_time)
+        if decision.write is not None:
+            try:
+                session.set(8, model.clock, 2, axdr.OctetString(decision.write.to_bytes()))
+                log.info("meter %s: clock %+.0f s off, corrected", meter.id, decision.offset_s)
+                return decision
+            except DeviceError as exc:  # the poll goes on: its readings are worth more than the clock
+                decision = write_denied(decision, meter.id, self.clock.now(), str(exc))
+        if decision.action is not ClockAction.NONE:
+            log.warning("meter %s: clock %+.0f s off, %s", meter.id, decision.offset_s, decision.action)
+        return decision
 
     def _events(self, session: DlmsSession, meter: MeterSpec, model: DlmsModel, store: Store) -> list[Event]:
         """The event log's entries after the newest event stored (all of them for a new meter)."""
@@ -138,7 +193,7 @@ class DlmsReader:
         if last is None:
             rows = session.get_entries(model.event_log)
         else:
-            rows = session.get_range(model.event_log, last + timedelta(seconds=1), datetime.now(UTC))
+            rows = session.get_range(model.event_log, last + timedelta(seconds=1), self.clock.now())
         if not isinstance(rows, axdr.Array):
             raise ProtocolError(f"meter {meter.id}: event log {model.event_log} buffer is not an array")
         events = []
@@ -185,7 +240,7 @@ class DlmsReader:
         if last is None:
             rows = session.get_entries(profile.obis)
         else:
-            rows = session.get_range(profile.obis, last + timedelta(seconds=1), datetime.now(UTC))
+            rows = session.get_range(profile.obis, last + timedelta(seconds=1), self.clock.now())
         if not isinstance(rows, axdr.Array):
             raise ProtocolError(f"meter {meter.id}: profile {profile.obis} buffer is not an array")
         clock_column = columns.index(CLOCK) if CLOCK in columns else None

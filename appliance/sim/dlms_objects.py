@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import math
 import struct
 import threading
-import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +30,11 @@ from gurux_dlms.objects import (
     GXDLMSRegister,
 )
 from gurux_dlms.objects.enums import ControlState
+
+from appliance.sim import simtime
+
+relay_log = logging.getLogger("appliance.sim.dlms_meter")
+DAYLIGHT_SAVING_ACTIVE = 0x80  # clock status bit 7
 
 DAY_S = 86400
 INTERVAL_S = 900
@@ -68,6 +73,18 @@ def unit_random(*key: object) -> float:
 # COSEM date-time (12 bytes): the meter writes and reads it itself so that deviation and clock
 # status are exactly what the Blue Book says, whatever gurux's local-time conversions do.
 # ---------------------------------------------------------------------------------------------
+
+
+def eu_summer_time(utc: float) -> bool:
+    """Whether EU summer time is in force at `utc`: from 01:00 UTC on the last Sunday of March to
+    01:00 UTC on the last Sunday of October."""
+    year = dt.datetime.fromtimestamp(utc, dt.UTC).year
+
+    def last_sunday_1h(month: int) -> float:
+        day = dt.datetime(year, month, 31, 1, tzinfo=dt.UTC)
+        return (day - dt.timedelta(days=(day.weekday() + 1) % 7)).timestamp()
+
+    return last_sunday_1h(3) <= utc < last_sunday_1h(10)
 
 
 def encode_datetime(utc: float, tz_minutes: int, status: int = 0) -> bytes:
@@ -135,11 +152,13 @@ class MeterClock:
         offset_s: float = 0.0,
         drift_ppm: float = 0.0,
         tz_minutes: int = 0,
-        now: Callable[[], float] = time.time,
+        now: Callable[[], float] = simtime.now,
+        dst: bool = False,
     ) -> None:
         self._now = now
         self.rate = 1.0 + drift_ppm * 1e-6
         self.tz_minutes = tz_minutes
+        self.dst = dst
         self.anchor_true = now()
         self.anchor_meter = self.anchor_true + offset_s
 
@@ -160,6 +179,12 @@ class MeterClock:
     def offset(self) -> float:
         """Seconds the meter is ahead of true time right now."""
         return self.meter_time() - self._now()
+
+    def stamp(self, utc: float) -> bytes:
+        """`utc` as this meter shows it: its zone, plus an hour and the DST status bit in EU summer."""
+        if self.dst and eu_summer_time(utc):
+            return encode_datetime(utc, self.tz_minutes + 60, DAYLIGHT_SAVING_ACTIVE)
+        return encode_datetime(utc, self.tz_minutes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,6 +298,7 @@ class MeterConfig:
     offset_s: float = 0.0
     drift_ppm: float = 0.0
     tz_minutes: int = 0
+    dst: bool = False  # EU summer time on top of tz_minutes
     days: int = 35
     seed: int = 0
     scaler: int = 0
@@ -307,7 +333,7 @@ class MeterState:
 
     def __post_init__(self) -> None:
         c = self.config
-        self.clock = MeterClock(c.offset_s, c.drift_ppm, c.tz_minutes)
+        self.clock = MeterClock(c.offset_s, c.drift_ppm, c.tz_minutes, dst=c.dst)
         self.energy = EnergyModel(c.seed, c.address, c.tz_minutes)
         self.server_ic = c.server_ic
         now = self.clock.meter_time()
@@ -324,7 +350,7 @@ class MeterState:
 
     def register_value(self, obis: str, true: float | None = None) -> int:
         """The raw integer attribute 2 of an energy register (apply 10**scaler for Wh)."""
-        true = time.time() if true is None else true
+        true = simtime.now() if true is None else true
         wh = self.energy.import_wh(true) if obis == OBIS_IMPORT else self.energy.export_wh(true)
         return int(wh / 10**self.config.scaler)
 
@@ -361,7 +387,7 @@ class LiveClock(GXDLMSClock):
         (time_zone) is that deviation, the Blue Book's sign: -60 for UTC+1."""
         clock = self.state.clock
         if e.index == 2:
-            return bytearray(encode_datetime(clock.meter_time(), clock.tz_minutes))
+            return bytearray(clock.stamp(clock.meter_time()))
         if e.index == 3:
             return -clock.tz_minutes
         return super().getValue(settings, e)
@@ -444,6 +470,9 @@ class DisconnectControl(GXDLMSDisconnectControl):
                 self.state.control_state = (
                     ControlState.CONNECTED if direct else ControlState.READY_FOR_RECONNECTION
                 )
+            # What the relay did, for the simulator's log: tests see the meter's side of a command.
+            names = ("disconnected", "connected", "ready_for_reconnection")
+            relay_log.info("meter %s: relay %s", self.state.config.address, names[self.state.control_state])
 
 
 class StaticData(GXDLMSData):
@@ -506,8 +535,8 @@ def _u32(value: int) -> bytes:
     return b"\x06" + struct.pack(">I", value & 0xFFFFFFFF)
 
 
-def _stamp(utc: float, tz_minutes: int) -> bytes:
-    return b"\x09\x0c" + encode_datetime(utc, tz_minutes)
+def _stamp(utc: float, clock: MeterClock) -> bytes:
+    return b"\x09\x0c" + clock.stamp(utc)
 
 
 class LoadProfileRows(RowSource):
@@ -530,14 +559,14 @@ class LoadProfileRows(RowSource):
 
     def rows(self, first: int, last: int) -> list[list[bytes]]:
         """Each row is computed from the energy model at the true time the meter showed its stamp."""
-        clock, tz = self.state.clock, self.state.clock.tz_minutes
+        clock = self.state.clock
         out = []
         for entry in range(first, last + 1):
             stamp = self.stamp(entry)
             true = clock.true_time(stamp)
             out.append(
                 [
-                    _stamp(stamp, tz),
+                    _stamp(stamp, clock),
                     _u32(self.state.register_value(OBIS_IMPORT, true)),
                     _u32(self.state.register_value(OBIS_EXPORT, true)),
                 ]
@@ -573,8 +602,8 @@ class EventLogRows(RowSource):
 
     def rows(self, first: int, last: int) -> list[list[bytes]]:
         """Clock and event code (unsigned, class 1 0.0.96.11.0.255)."""
-        tz = self.state.clock.tz_minutes
-        return [[_stamp(t, tz), b"\x11" + bytes([code])] for t, code in self._events()[first - 1 : last]]
+        clock = self.state.clock
+        return [[_stamp(t, clock), b"\x11" + bytes([code])] for t, code in self._events()[first - 1 : last]]
 
     def entries_between(self, start: float, end: float) -> tuple[int, int]:
         """Events are in time order unless the clock was set back; search the stamps."""

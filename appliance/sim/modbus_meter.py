@@ -28,6 +28,7 @@ from appliance.collect.meters import get_model
 from appliance.collect.meters.catalog import REGISTER_A_MINUS_KWH, REGISTER_A_PLUS_KWH, VOLTAGE_L1_V
 from appliance.collect.meters.modbus import Encoding, ModbusChannel, ModbusModel
 from appliance.errors import TransportError
+from appliance.sim import simtime
 from appliance.sim.process import ChildProcess
 
 _DATATYPES = {
@@ -51,10 +52,13 @@ def import_kwh(unit: int, at: float, seed: int = 0) -> float:
     return base_kwh + p0_kw * ((at % (10 * 365 * DAY_S)) + swing) / 3600.0
 
 
-def channel_value(unit: int, channel: ModbusChannel, at: float, seed: int = 0) -> float:
-    """What the meter shows on `channel` at time `at`, in the channel's reading-type unit."""
+def channel_value(
+    unit: int, channel: ModbusChannel, at: float, seed: int = 0, offset_kwh: float = 0
+) -> float:
+    """What the meter shows on `channel` at time `at`, in the channel's reading-type unit.
+    `offset_kwh` moves the import counter (a test puts it just below a rollover)."""
     if channel.reading_type == REGISTER_A_PLUS_KWH:
-        return import_kwh(unit, at, seed)
+        return import_kwh(unit, at, seed) + offset_kwh
     if channel.reading_type == REGISTER_A_MINUS_KWH:
         return import_kwh(unit, at, seed) / 40.0  # a little rooftop solar
     if channel.reading_type == VOLTAGE_L1_V:
@@ -62,12 +66,15 @@ def channel_value(unit: int, channel: ModbusChannel, at: float, seed: int = 0) -
     return 0.0
 
 
-def register_image(unit: int, model: ModbusModel, at: float, seed: int = 0) -> dict[int, int]:
-    """Protocol address -> register value for every channel of the meter at time `at`."""
+def register_image(
+    unit: int, model: ModbusModel, at: float, seed: int = 0, offset_kwh: float = 0
+) -> dict[int, int]:
+    """Protocol address -> register value for every channel of the meter at time `at`; integer
+    counters wrap at their width, as a real meter's do."""
     image = {}
     for channel in model.channels:
-        raw = channel_value(unit, channel, at, seed) / 10**channel.exponent
-        value = raw if channel.encoding is Encoding.F32 else int(raw)
+        raw = channel_value(unit, channel, at, seed, offset_kwh) / 10**channel.exponent
+        value = raw if channel.encoding is Encoding.F32 else int(raw) % 2 ** (16 * channel.encoding.registers)
         for offset, word in enumerate(
             ModbusClientMixin.convert_to_registers(value, _DATATYPES[channel.encoding])
         ):
@@ -79,6 +86,7 @@ async def _refresh(
     unit: int,
     model: ModbusModel,
     seed: int,
+    offset_kwh: float,
     _function_code: int,
     start_address: int,
     _address: int,
@@ -87,19 +95,19 @@ async def _refresh(
     _set_values: object,
 ) -> None:
     """pymodbus action: bring the registers up to date before each read."""
-    for address, word in register_image(unit, model, time.time(), seed).items():
+    for address, word in register_image(unit, model, simtime.now(), seed, offset_kwh).items():
         if 0 <= address - start_address < len(registers):
             registers[address - start_address] = word
 
 
-def device(unit: int, model_name: str, seed: int = 0) -> SimDevice:
+def device(unit: int, model_name: str, seed: int = 0, offset_kwh: float = 0) -> SimDevice:
     """A pymodbus SimDevice with the register map of `model_name`."""
     model = get_model(model_name)
     size = max(c.address + c.encoding.registers for c in model.channels)
     return SimDevice(
         id=unit,
         simdata=[SimData(0, count=size, values=0, datatype=DataType.REGISTERS)],
-        action=partial(_refresh, unit, model, seed),
+        action=partial(_refresh, unit, model, seed, offset_kwh),
     )
 
 
@@ -114,10 +122,13 @@ class _Multidrop(SimCore):
         return self.devices[device_id]
 
 
-async def serve(port: str, meters: list[tuple[int, str]], baud: int = 9600, seed: int = 0) -> None:
+SimMeter = tuple[int, str] | tuple[int, str, float]  # unit id, model[, import offset in kWh]
+
+
+async def serve(port: str, meters: list[SimMeter], baud: int = 9600, seed: int = 0) -> None:
     """Serve the meters on `port` until killed; absent unit ids time out as on a real bus."""
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    devices = [device(unit, model, seed) for unit, model in meters]
+    devices = [device(*meter[:2], seed, *meter[2:]) for meter in meters]
     server = ModbusSerialServer(devices, port=port, baudrate=baud, ignore_missing_devices=True)
     server.context = _Multidrop(devices)
     await server.serve_forever()
@@ -126,9 +137,7 @@ async def serve(port: str, meters: list[tuple[int, str]], baud: int = 9600, seed
 class SimulatedModbusBus(ChildProcess):
     """The simulator as a child process on the meter end of a pty pair."""
 
-    def __init__(
-        self, port: Path, meters: list[tuple[int, str]], seed: int = 0, log: Path | None = None
-    ) -> None:
+    def __init__(self, port: Path, meters: list[SimMeter], seed: int = 0, log: Path | None = None) -> None:
         self.port, self.meters, self.seed, self.log = port, meters, seed, log
 
     def start(self) -> SimulatedModbusBus:
@@ -142,8 +151,8 @@ class SimulatedModbusBus(ChildProcess):
             "--seed",
             str(self.seed),
         ]
-        for unit, model in self.meters:
-            args += ["--meter", f"{unit}:{model}"]
+        for meter in self.meters:
+            args += ["--meter", ":".join(str(part) for part in meter)]
         out = self.log.open("ab") if self.log else subprocess.DEVNULL
         self._process = subprocess.Popen(args, stdout=out, stderr=out)
         time.sleep(0.3)
@@ -152,17 +161,19 @@ class SimulatedModbusBus(ChildProcess):
         return self
 
 
-def _meter_arg(text: str) -> tuple[int, str]:
-    unit, _, model = text.partition(":")
+def _meter_arg(text: str) -> SimMeter:
+    unit, model, *offset = text.split(":")
     get_model(model)
-    return int(unit), model
+    return (int(unit), model, float(offset[0])) if offset else (int(unit), model)
 
 
 def main() -> None:
     """Command line: serve simulated meters on a pty."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", required=True)
-    parser.add_argument("--meter", action="append", type=_meter_arg, required=True, metavar="UNIT:MODEL")
+    parser.add_argument(
+        "--meter", action="append", type=_meter_arg, required=True, metavar="UNIT:MODEL[:OFFSET_KWH]"
+    )
     parser.add_argument("--baud", type=int, default=9600)
     parser.add_argument("--seed", type=int, default=0, help="varies the simulated values")
     args = parser.parse_args()

@@ -61,7 +61,7 @@ from appliance.collect.dlms.security import (
     wrap_apdu,
 )
 from appliance.collect.dlms.wrapper import WrapperFrame, decode_wrapper, wrapper_bytes_needed
-from appliance.errors import CrcError, DeviceError, DeviceTimeout, HesError, ProtocolError
+from appliance.errors import CrcError, DeviceError, DeviceTimeout, HesError, Preempted, ProtocolError
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -393,8 +393,11 @@ class DlmsSession:
         return self
 
     def __exit__(self, exc_type: object, exc: object, _traceback: object) -> None:
-        """Release after success or a refusal (the association still stands); abort otherwise."""
-        if not self._associated or not (exc is None or isinstance(exc, HesError)):
+        """Release after success or a refusal (the association still stands); abort otherwise. A poll
+        that gives way to a command only hangs up: the meter may be half-way through a long answer."""
+        if isinstance(exc, Preempted):
+            self._hang_up()
+        elif not self._associated or not (exc is None or isinstance(exc, HesError)):
             self.abort()
         elif exc is None:
             self.release()
