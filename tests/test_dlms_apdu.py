@@ -790,7 +790,8 @@ def test_accepted_responses_pass_the_checks() -> None:
     ("bad", "parse", "match"),
     [
         ("", apdu.decode_apdu, "missing"),
-        ("0f", apdu.decode_apdu, "unknown"),  # data-notification: not a client response
+        ("0d", apdu.decode_apdu, "unknown"),
+        ("0f", apdu.decode_apdu, "truncated"),  # a data-notification without its long invoke id
         ("c401c100", apdu.decode_apdu, "missing"),
         ("c401c1000600", apdu.decode_apdu, "truncated"),
         ("c401c101", apdu.decode_apdu, "missing"),

@@ -346,6 +346,7 @@ LN_VAA_NAME = 0x0007  # the vaa-name an LN association reports in its InitiateRe
 TAG_INITIATE_REQUEST = 0x01
 TAG_INITIATE_RESPONSE = 0x08
 TAG_CONFIRMED_SERVICE_ERROR = 0x0E
+TAG_DATA_NOTIFICATION = 0x0F
 TAG_AARQ = 0x60
 TAG_AARE = 0x61
 TAG_RLRQ = 0x62
@@ -1535,6 +1536,70 @@ def _read_action_response(reader: ByteReader) -> ActionResponseNormal:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# DATA-NOTIFICATION (push): unsolicited data from a meter or a DCU
+
+
+@dataclass(frozen=True, slots=True)
+class LongInvokeIdAndPriority:
+    """The 4 bytes that open a data-notification: a 24-bit invoke id and four flags (Green Book 9.3.9)."""
+
+    invoke_id: int = 0
+    self_descriptive: bool = False
+    break_on_error: bool = False
+    confirmed: bool = False
+    high_priority: bool = False
+
+    def __post_init__(self) -> None:
+        _check_uint("long invoke id", self.invoke_id, 24)
+
+    def to_int(self) -> int:
+        """The encoded 32 bits (reserved bits 24-27 zero)."""
+        flags = (self.self_descriptive, self.break_on_error, self.confirmed, self.high_priority)
+        return self.invoke_id | sum(1 << (28 + bit) for bit, on in enumerate(flags) if on)
+
+    @classmethod
+    def from_int(cls, value: int) -> LongInvokeIdAndPriority:
+        """The fields of received bits; the reserved bits are ignored."""
+        return cls(value & 0xFFFFFF, *(bool(value >> (28 + bit) & 1) for bit in range(4)))
+
+
+@dataclass(frozen=True, slots=True)
+class DataNotification:
+    """data-notification: what a push setup sends, unasked and unanswered.
+
+    `date_time` is an OCTET STRING on the wire: empty when the sender gives no time, else the 12
+    bytes of a date-time. What `body` holds is the push setup's business (its push object list).
+    """
+
+    body: Data
+    date_time: DateTime | None = None
+    long_invoke_id_and_priority: LongInvokeIdAndPriority = LongInvokeIdAndPriority()
+    TAG: ClassVar[int] = TAG_DATA_NOTIFICATION
+
+    def to_bytes(self) -> bytes:
+        """0F, the long invoke id, the date-time as an octet string, the body."""
+        out = bytearray((self.TAG,))
+        out += self.long_invoke_id_and_priority.to_int().to_bytes(4, "big")
+        stamp = b"" if self.date_time is None else self.date_time.to_bytes()
+        out += encode_length(len(stamp)) + stamp
+        return bytes(out) + encode(self.body)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DataNotification:
+        """Read a data-notification."""
+        return _decode_as(data, cls)
+
+
+def _read_data_notification(reader: ByteReader) -> DataNotification:
+    invoke = LongInvokeIdAndPriority.from_int(reader.uint(4, "long-invoke-id-and-priority"))
+    length = reader.length("data-notification date-time length")
+    if length not in (0, 12):
+        raise ProtocolError(f"data-notification date-time of {length} bytes (expected 0 or 12)")
+    stamp = DateTime.from_bytes(reader.take(length, "date-time")) if length else None
+    return DataNotification(reader.data_value(), stamp, invoke)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Any APDU
 
 
@@ -1555,6 +1620,7 @@ Apdu: TypeAlias = (
     | SetResponseNormal
     | ActionRequestNormal
     | ActionResponseNormal
+    | DataNotification
     | CipheredApdu
 )
 
@@ -1581,6 +1647,7 @@ _READERS: dict[int, Callable[[ByteReader], Apdu]] = {
     TAG_SET_RESPONSE: _read_set_response,
     TAG_ACTION_RESPONSE: _read_action_response,
     TAG_EXCEPTION_RESPONSE: _read_exception_response,
+    TAG_DATA_NOTIFICATION: _read_data_notification,
 }
 
 
