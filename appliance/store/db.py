@@ -20,17 +20,27 @@ class Store:
     """A connection to the appliance's SQLite database."""
 
     def __init__(
-        self, path: Path, busy_timeout_ms: int = 5000, readonly: bool = False, max_size_mb: int | None = None
+        self,
+        path: Path,
+        busy_timeout_ms: int = 5000,
+        readonly: bool = False,
+        max_size_mb: int | None = None,
+        immutable: bool = False,
     ) -> None:
+        """`immutable` (read-only only): for a reader without write access to the directory while no
+        daemon runs; SQLite cannot open a WAL database read-only once the daemon removed its -shm."""
         self.path = path
         try:
             if readonly:
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+                flags = "mode=ro&immutable=1" if immutable else "mode=ro"
+                conn = sqlite3.connect(f"file:{path}?{flags}", uri=True, isolation_level=None)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(path, isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            if not readonly:
+            # WAL stays set in the file: only its first opener switches (which takes a lock that a
+            # busy handler does not wait for, so a second opener must not ask again).
+            if not readonly and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")

@@ -1,0 +1,211 @@
+"""Console accounts: roles, scrypt password hashes, lockout after wrong passwords, the audit trail.
+
+The daemon is the only writer (it checks every sign-in and records every command); `hes console
+user ...` writes accounts as an administrator on the box. The console itself only reads them, when
+the daemon is down.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from enum import IntEnum
+
+from appliance.errors import AccessDenied, HesError
+from appliance.store.db import Store
+
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1  # 16 MiB and ~0.1 s on a Pi 4: slow for guessing
+MIN_PASSWORD = 8
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+class Role(IntEnum):
+    """What an account may do; a higher role may do everything a lower one may."""
+
+    VIEWER = 1  # show, read a meter now
+    TECHNICIAN = 2  # relays, config changes, discovery, LED test, export, restart
+    ADMIN = 3  # also the audit trail
+
+    @classmethod
+    def named(cls, name: str) -> Role:
+        """The role called `name` (viewer, technician, admin)."""
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise HesError(f"no role {name!r}; one of {', '.join(r.name.lower() for r in cls)}") from None
+
+    @property
+    def label(self) -> str:
+        """The role's name as users type it."""
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class Account:
+    """A signed-in console user."""
+
+    name: str
+    role: Role
+
+
+def hash_password(password: str) -> str:
+    """A self-describing scrypt hash: scrypt$n$r$p$salt$key (base64)."""
+    salt = os.urandom(16)
+    key = _scrypt(password, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
+    encoded = [base64.b64encode(part).decode() for part in (salt, key)]
+    return "$".join(["scrypt", str(_SCRYPT_N), str(_SCRYPT_R), str(_SCRYPT_P), *encoded])
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=64 * 2**20, dklen=32)
+
+
+# Checked when the name is unknown, so that a wrong name costs the same time as a wrong password.
+_DUMMY_HASH = hash_password(os.urandom(8).hex())
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether `password` matches the stored hash (False for a malformed or empty hash)."""
+    try:
+        scheme, n, r, p, salt, key = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(key)
+        actual = _scrypt(password, base64.b64decode(salt), int(n), int(r), int(p))
+    except (ValueError, MemoryError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def check_name(name: str) -> str:
+    """A console account name: lower-case letters, digits, '.', '_' and '-', at most 32."""
+    if not name or len(name) > 32 or not set(name) <= NAME_CHARS:
+        raise HesError(f"bad account name {name[:40]!r}: use a-z, 0-9, '.', '_' or '-', at most 32")
+    return name
+
+
+def check_new_password(password: str) -> str:
+    """A password good enough to set."""
+    if len(password) < MIN_PASSWORD:
+        raise HesError(f"the password needs at least {MIN_PASSWORD} characters")
+    return password
+
+
+def add_user(store: Store, name: str, role: Role, password: str | None, now: int) -> None:
+    """Create an account; `password` None makes one that signs in with the OS login of that name."""
+    password_hash = hash_password(check_new_password(password)) if password is not None else ""
+    with store.transaction() as conn:
+        if conn.execute("SELECT 1 FROM console_users WHERE name = ?", (check_name(name),)).fetchone():
+            raise HesError(f"account {name!r} exists already")
+        conn.execute(
+            "INSERT INTO console_users (name, role, password_hash, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (name, role.label, password_hash, now, now),
+        )
+
+
+def set_password(store: Store, name: str, password: str, now: int) -> None:
+    """Give an account a new password; this also lifts a lockout."""
+    password_hash = hash_password(check_new_password(password))
+    with store.transaction() as conn:
+        cursor = conn.execute(
+            "UPDATE console_users SET password_hash = ?, failed_attempts = 0, locked_until = 0,"
+            " updated_at = ? WHERE name = ?",
+            (password_hash, now, name),
+        )
+    if cursor.rowcount == 0:
+        raise HesError(f"no account {name!r}")
+
+
+def delete_user(store: Store, name: str) -> None:
+    """Remove an account (its audit entries stay)."""
+    with store.transaction() as conn:
+        cursor = conn.execute("DELETE FROM console_users WHERE name = ?", (name,))
+    if cursor.rowcount == 0:
+        raise HesError(f"no account {name!r}")
+
+
+def list_users(store: Store) -> list[dict]:
+    """Every account with its role and lockout state (never the hash)."""
+    return list(
+        store.db.query(
+            "SELECT name, role, password_hash != '' AS has_password, failed_attempts, locked_until"
+            " FROM console_users ORDER BY name"
+        )
+    )
+
+
+def _row(store: Store, name: str) -> tuple[str, str, int, int] | None:
+    return store.conn.execute(
+        "SELECT role, password_hash, failed_attempts, locked_until FROM console_users WHERE name = ?", (name,)
+    ).fetchone()
+
+
+def check_login(store: Store, name: str, password: str | None) -> Account:
+    """Who signs in, without writing anything (the console's own check while the daemon is down).
+
+    `password` None means the OS login already authenticated `name`.
+    """
+    row = _row(store, name)
+    if password is None:
+        if row is None:
+            raise AccessDenied(f"the OS user {name!r} has no console account")
+        return Account(name, Role.named(row[0]))
+    if not verify_password(password, row[1] if row else _DUMMY_HASH) or row is None:
+        raise AccessDenied("login incorrect")
+    return Account(name, Role.named(row[0]))
+
+
+def login(store: Store, name: str, password: str | None, now: int, attempts: int, lockout_s: int) -> Account:
+    """Sign in with the lockout: `attempts` wrong passwords in a row lock the account `lockout_s`.
+
+    A locked account is refused even with the right password, so guessing gains nothing.
+    """
+    row = _row(store, name)
+    if row is not None and row[3] > now:
+        raise AccessDenied(f"account locked for another {row[3] - now} s after too many wrong passwords")
+    try:
+        account = check_login(store, name, password)
+    except AccessDenied:
+        if row is None or password is None:
+            raise
+        failed = row[2] + 1
+        locked = failed >= attempts
+        with store.transaction() as conn:
+            conn.execute(
+                "UPDATE console_users SET failed_attempts = ?, locked_until = ? WHERE name = ?",
+                (0 if locked else failed, now + lockout_s if locked else 0, name),
+            )
+        if locked:
+            raise AccessDenied(f"login incorrect; the account is locked for {lockout_s} s") from None
+        raise
+    if row is not None and row[2]:
+        with store.transaction() as conn:
+            conn.execute("UPDATE console_users SET failed_attempts = 0 WHERE name = ?", (name,))
+    return account
+
+
+def audit(store: Store, now: int, account: Account | None, command: str, outcome: str) -> None:
+    """Record one console command (or sign-in) and how it ended."""
+    with store.transaction() as conn:
+        conn.execute(
+            "INSERT INTO console_audit (ts, user, role, command, outcome) VALUES (?, ?, ?, ?, ?)",
+            (
+                now,
+                account.name if account else "-",
+                account.role.label if account else "-",
+                command[:200],
+                outcome[:200],
+            ),
+        )
+
+
+def audit_tail(store: Store, limit: int) -> list[dict]:
+    """The newest `limit` audit entries, oldest first."""
+    rows = store.db.query(
+        "SELECT ts, user, role, command, outcome FROM console_audit ORDER BY id DESC LIMIT ?", [limit]
+    )
+    return list(reversed(list(rows)))
