@@ -1,7 +1,8 @@
 """The daemon: builds the components from the config, runs them, and stops them cleanly.
 
-Threads: one per bus, the outbox pump, paho's network thread. The main thread supervises them and
-tells systemd (sd_notify) that the box is ready and alive.
+Threads: one per bus, the outbox pump, the command dispatcher, the GPS watcher, the WAN health
+monitor, the console's control server, the WAN listener, the tariff service and paho's network
+thread. The main thread supervises them and tells systemd (sd_notify) that the box is ready and alive.
 """
 
 from __future__ import annotations
@@ -14,16 +15,28 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from appliance import status
 from appliance.clock import Clock
-from appliance.collect.bus import BusWorker
+from appliance.collect.collector import Collector
+from appliance.collect.listener import DlmsListener
+from appliance.commands.dispatcher import CommandDispatcher
 from appliance.config import Config
-from appliance.errors import HesError
+from appliance.control import EXIT_RESTART, ControlServer, DaemonHandlers
+from appliance.errors import HesError, StoreError
 from appliance.housekeeping import Housekeeping
+from appliance.hw.gpio import open_gpio
+from appliance.hw.gps import GpsWatcher
+from appliance.hw.leds import Led, LedPanel, open_panel
+from appliance.hw.modem import Modem
 from appliance.model import epoch
+from appliance.panel import inputs_from_status, patterns, store_failed
 from appliance.store import Store, open_store
 from appliance.store.registry import register_config_meters
+from appliance.tariff.service import TariffService, relay_through, settings_from_config
+from appliance.uplink.health import HealthMonitor
 from appliance.uplink.mqtt import MqttLink
 from appliance.uplink.outbox import OutboxPump
 
@@ -65,10 +78,53 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=stamp + "%(levelname)s %(name)s: %(message)s")
 
 
+@dataclass
+class Daemon:
+    """The daemon's parts, built from the config; `threads` are those the main loop watches."""
+
+    config: Config
+    clock: Clock
+    store: Store
+    leds: LedPanel
+    stop: threading.Event
+    link: MqttLink
+    pump: OutboxPump
+    collector: Collector
+    health: HealthMonitor
+    control: ControlServer
+    threads: list[Any]  # each has is_alive(), a name and a `heartbeat`
+
+
+def build(config: Config, clock: Clock, store: Store, leds: LedPanel, stop: threading.Event) -> Daemon:
+    """Every component, wired; nothing started yet."""
+    stores = lambda: open_store(config)  # noqa: E731 - each thread opens its own connection
+    housekeeping = Housekeeping(config, clock)
+    link = MqttLink(config, queue.Queue())
+    pump = OutboxPump(config, stores, link, clock, housekeeping, stop)
+    collector = Collector(config, store, stores, clock, housekeeping, pump.notify, stop)
+    collector.on_request(lambda: leds.flash(Led.RS485))
+    # No gpsd configured: no watcher, and the clock stays UNSYNCED.
+    gps = [GpsWatcher(config, clock, stores, stop)] if config.clock.gpsd_host else []
+    commands = CommandDispatcher(config, stores, collector, link, clock, pump.notify, stop)
+    health = HealthMonitor(config, link, _modem(config), stores, clock, stop)
+    # The console's control socket: its commands go to the buses through the collector.
+    control = ControlServer(config, DaemonHandlers(stop, collector, clock, leds), stores, clock, stop)
+    # DCUs and meters that call over the WAN (off unless [listener] enabled).
+    listener = (
+        [DlmsListener(config, stores, clock, housekeeping, pump.notify, stop)]
+        if config.listener.enabled
+        else []
+    )
+    tariffs = _tariffs(config, collector, clock, pump, stop)
+    threads = [pump, *collector.workers.values(), *gps, commands, health, control, *listener, *tariffs]
+    return Daemon(config, clock, store, leds, stop, link, pump, collector, health, control, threads)
+
+
 def run(config: Config) -> int:
     """Run the daemon until SIGTERM or SIGINT; returns the process exit code."""
     setup_logging(config.hes.log_level)
-    clock = Clock()
+    leds = open_panel(config.leds)  # power lit steadily until the main loop beats
+    clock = Clock(config.clock)
     store = open_store(config)
     register_config_meters(store, config.meters, epoch(clock.now()))
 
@@ -78,79 +134,106 @@ def run(config: Config) -> int:
     # `kill -USR1 <pid>` writes every thread's stack to the journal: the field's way to see a hang.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
-    housekeeping = Housekeeping(config, clock)
-    link = MqttLink(config, queue.Queue())
-    pump = OutboxPump(config, lambda: open_store(config), link, clock, housekeeping, stop)
-    workers = [
-        BusWorker(
-            bus,
-            [m for m in config.meters if m.bus == name],
-            lambda: open_store(config),
-            clock,
-            housekeeping,
-            pump.notify,
-            stop,
-        )
-        for name, bus in config.buses.items()
-        if bus.enabled and any(m.bus == name for m in config.meters)
-    ]
-    threads: list[BusWorker | OutboxPump] = [pump, *workers]
+    daemon = build(config, clock, store, leds, stop)
+    workers = list(daemon.collector.workers.values())
     log.info(
         "HES %s starting: %d meters on %d buses, store %s, broker %s:%d",
         config.hes.id,
-        len(config.meters),
+        sum(len(w.meters()) for w in workers),
         len(workers),
         config.store_path,
         config.mqtt.host,
         config.mqtt.port,
     )
-    link.start()
-    for thread in threads:
+    daemon.link.start()
+    for thread in daemon.threads:  # the bus workers among them
         thread.start()
     sd_notify("READY=1")
+    exit_code = supervise(daemon)
 
-    exit_code = 0
+    sd_notify("STOPPING=1")
+    log.info("stopping")
+    stop.set()
+    for thread in daemon.threads:
+        thread.join(timeout=10)
+    daemon.link.stop()
+    store.close()
+    leds.close()
+    return EXIT_RESTART if daemon.control.handlers.restart_requested else exit_code
+
+
+def supervise(daemon: Daemon) -> int:
+    """The main loop: the heartbeat LED, the MQTT link, dead or hung threads, the systemd watchdog
+    and the status. Returns when told to stop (0) or when a thread died (1)."""
     next_status = next_watchdog = 0.0
     watchdog = watchdog_interval()
-    while not stop.wait(min(1.0, watchdog or 1.0)):
-        link.maintain()
+    threads = daemon.threads
+    while not daemon.stop.wait(min(1.0, watchdog or 1.0)):
+        daemon.leds.beat()
+        daemon.link.maintain()
         dead = [t.name for t in threads if not t.is_alive()]
         if dead:
             log.error("thread(s) %s died; stopping so systemd restarts the daemon", ", ".join(dead))
-            exit_code = 1
-            break
+            return 1
         # Fed only while every worker is alive and not hung: otherwise systemd restarts us.
         alive = all(time.monotonic() - t.heartbeat < STALL_S for t in threads)
         if watchdog and time.monotonic() >= next_watchdog and alive:
             sd_notify("WATCHDOG=1")
             next_watchdog = time.monotonic() + watchdog
         if time.monotonic() >= next_status:
-            next_status = time.monotonic() + config.uplink.status_interval_s
-            _report_status(config, store, clock, link, pump)
-
-    sd_notify("STOPPING=1")
-    log.info("stopping")
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=10)
-    link.stop()
-    store.close()
-    return exit_code
+            next_status = time.monotonic() + daemon.config.uplink.status_interval_s
+            stalled = tuple(t.name for t in threads if time.monotonic() - t.heartbeat >= STALL_S)
+            _report_status(daemon, stalled)
+    return 0
 
 
-def _report_status(config: Config, store: Store, clock: Clock, link: MqttLink, pump: OutboxPump) -> None:
-    """Refresh the retained status message and status.json; a failure here never stops the daemon."""
+def _tariffs(
+    config: Config, collector: Collector, clock: Clock, pump: OutboxPump, stop: threading.Event
+) -> list[TariffService]:
+    """Costs of new intervals, billing periods and prepay relays: none without [tariffs] meters."""
+    if not config.tariffs.meters:
+        return []
+    settings = settings_from_config(config.tariffs)
+    relay = relay_through(collector)
+    return [TariffService(settings, lambda: open_store(config), clock, relay, pump.notify, stop)]
+
+
+def _modem(config: Config) -> Modem | None:
+    """The GSM/LTE modem, if the box has one; without working GPIO it runs without power and reset."""
+    if not config.modem.enabled:
+        return None
+    gpio = None
+    if config.modem.power_pin >= 0 or config.modem.reset_pin >= 0:
+        try:
+            gpio = open_gpio(config.modem.gpio)
+        except HesError as exc:
+            log.error("modem: %s; no power cycle or reset line", exc)
+    return Modem(config.modem, gpio)
+
+
+def _report_status(daemon: Daemon, stalled: tuple[str, ...]) -> None:
+    """Refresh the retained status message, status.json and the LED panel; a failure here never
+    stops the daemon."""
+    link, pump, leds = daemon.link, daemon.pump, daemon.leds
     try:
         document = status.snapshot(
-            config,
-            store,
-            clock,
+            daemon.config,
+            daemon.store,
+            daemon.clock,
             connected=link.connected.is_set(),
             drain_rate=pump.drain_rate(),
             published=pump.published,
             acknowledged=pump.acknowledged,
+            wan=daemon.health.snapshot(),
         )
-        status.write_status_file(config, document)
+        buses_running = len(daemon.collector.workers)
+        inputs = inputs_from_status(document, stalled_threads=stalled, buses_running=buses_running)
+        leds.show(patterns(inputs))
+        document["leds"] = leds.patterns()
+        status.write_status_file(daemon.config, document)
         link.publish_status(document)
+    except StoreError as exc:
+        leds.show(store_failed())
+        log.warning("status not refreshed: %s", exc)
     except (HesError, OSError) as exc:
         log.warning("status not refreshed: %s", exc)

@@ -5,16 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from appliance import __version__
 from appliance.app import run
 from appliance.clock import Clock
+from appliance.collect.collector import discover_standalone
 from appliance.collect.dlms.probe import add_probe_parser, run_probe
+from appliance.collect.listener import listener_port_taken
 from appliance.config import Config, load_config
-from appliance.errors import ConfigError, HesError
+from appliance.console.admin import add_console_parser, run_console_command
+from appliance.control import ControlClient
+from appliance.errors import ConfigError, DaemonUnavailable, HesError
 from appliance.status import format_status, read_status
 from appliance.store import open_store
+from appliance.tariff.export import write_export
+from appliance.tariff.service import settings_from_config
 from appliance.uplink import compact
 
 EXIT_CONFIG = 2
@@ -89,33 +96,75 @@ def _parser() -> argparse.ArgumentParser:
     )
     decode.add_argument("file", type=Path, nargs="?", metavar="FILE", help="the message (default: stdin)")
 
+    discover = commands.add_parser(
+        "discover",
+        help="find meters on a bus that nobody registered (daemon stopped)",
+        description="Ask every Modbus unit id and HDLC address in [discovery]'s ranges that no polled meter "
+        "uses; register what answers as unassigned and queue an EndDeviceEvent for the MDM. While the "
+        "daemon runs it holds the port: use the console's `discover bus A`.",
+    )
+    discover.add_argument("--bus", required=True, metavar="NAME", help="the bus to scan, e.g. A")
+    discover.add_argument(
+        "--config", "-c", action="append", type=Path, metavar="FILE", help=f"default: {DEFAULT_CONFIG}"
+    )
+
     add_probe_parser(commands)
+    _add_export_parser(commands)
+    add_console_parser(commands, DEFAULT_CONFIG)
     return parser
+
+
+def _box(args: argparse.Namespace) -> Config:
+    """The config of this box: the files given, or /etc/hes/hes.toml."""
+    return load_config(*(args.config or [DEFAULT_CONFIG]))
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    config = load_config(*args.files)
+    if (taken := listener_port_taken(config.listener)) is not None:
+        print(f"hes: warning: {taken}", file=sys.stderr)
+    print(f"ok: {len(config.meters)} meters on buses {', '.join(sorted(config.buses))}")
+    return 0
+
+
+def _decode(args: argparse.Namespace) -> int:
+    data = args.file.read_bytes() if args.file else sys.stdin.buffer.read()
+    sys.stdout.buffer.write(compact.to_xml(data) + b"\n")
+    return 0
+
+
+def _discover(args: argparse.Namespace) -> int:
+    for device in discover_standalone(_box(args), args.bus):
+        found = {"mrid": device.mrid, "protocol": str(device.protocol), "address": device.address}
+        print(json.dumps(found | {"identity": device.identity}))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    # The simulator's packages (extra "sim") are not installed on the appliance itself.
+    from appliance.sim.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(args)
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": lambda args: run(load_config(*args.config)),
+    "config": _config_check,
+    "status": lambda args: _status(_box(args), args.json),
+    "console": lambda args: run_console_command(_box(args), args),
+    "export": lambda args: _export_billing(_box(args), args.period, args.out),
+    "probe": run_probe,
+    "decode": _decode,
+    "discover": _discover,
+    "demo": _demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run `hes`; returns the exit code (2 for a bad config)."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "run":
-            return run(load_config(*args.config))
-        if args.command == "config":
-            config = load_config(*args.files)
-            print(f"ok: {len(config.meters)} meters on buses {', '.join(sorted(config.buses))}")
-            return 0
-        if args.command == "status":
-            return _status(load_config(*(args.config or [DEFAULT_CONFIG])), args.json)
-        if args.command == "probe":
-            return run_probe(args)
-        if args.command == "decode":
-            data = args.file.read_bytes() if args.file else sys.stdin.buffer.read()
-            sys.stdout.buffer.write(compact.to_xml(data) + b"\n")
-            return 0
-        if args.command == "demo":
-            # The simulator's packages (extra "sim") are not installed on the appliance itself.
-            from appliance.sim.demo import run_demo  # noqa: PLC0415
-
-            return run_demo(args)
+        return _COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"hes: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -125,15 +174,69 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"hes: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
         return 1
-    return 1
+
+
+def console_shell() -> int:
+    """`hes-console`, the serial console account's login shell (a login shell takes no arguments)."""
+    return main(["console"])
 
 
 def _status(config: Config, as_json: bool) -> int:
-    store = open_store(config, readonly=True) if config.store_path.exists() else None
+    """The running daemon's status over the control socket; without the daemon, status.json and
+    the store."""
+    document = None
     try:
-        document = read_status(config, store, Clock())
-    finally:
-        if store is not None:
-            store.close()
+        client = ControlClient(config.console.socket)
+        try:
+            document = client.request("status")
+        finally:
+            client.close()
+    except DaemonUnavailable:
+        pass
+    if document is None:
+        store = open_store(config, readonly=True) if config.store_path.exists() else None
+        try:
+            document = read_status(config, store, Clock())
+        finally:
+            if store is not None:
+                store.close()
+        document["state"] = f"daemon not running (its last status said: {document.get('state', '-')})"
     print(json.dumps(document, indent=2) if as_json else format_status(document))
+    return 0
+
+
+def _add_export_parser(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export", help="export data for enterprise software", description="Export data for an ERP or MDM."
+    )
+    kinds = export.add_subparsers(dest="export_command", required=True, metavar="WHAT")
+    billing = kinds.add_parser(
+        "billing",
+        help="billing determinants and costs as CSV and CIM XML (docs/tariffs.md)",
+        description="Write billing-<period>.csv and billing-<period>.xml (a created MeterReadings "
+        "EventMessage) for the billing period of every priced meter that begins in that month.",
+    )
+    billing.add_argument(
+        "--period", required=True, metavar="YYYY-MM", help="the month the billing period begins in"
+    )
+    billing.add_argument("--out", type=Path, default=Path.cwd(), metavar="DIR", help="where (default: here)")
+    billing.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help=f"config file(s) of the box (default: {DEFAULT_CONFIG})",
+    )
+
+
+def _export_billing(config: Config, period: str, out: Path) -> int:
+    """`hes export billing`: read-only on the store; works whether or not the daemon runs."""
+    store = open_store(config, readonly=True)
+    try:
+        settings = settings_from_config(config.tariffs)
+        paths = write_export(store, settings, period, out, config.hes.id, Clock().now())
+    finally:
+        store.close()
+    print("\n".join(str(path) for path in paths))
     return 0

@@ -45,5 +45,46 @@ class TransportError(HesError):
     """A port or socket could not be opened or failed underneath us."""
 
 
+class ClockError(HesError):
+    """The system clock could not be set (the daemon lacks CAP_SYS_TIME, or the kernel refused)."""
+
+
 class MessageError(HesError):
     """A CIM message is malformed, hostile or not one we understand."""
+
+
+class RequestRefused(MessageError):
+    """An MDM request (or one of its meters) is refused: `code` is the Reply Error code it gets."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        self.code, self.reason = code, reason
+        super().__init__(f"{code}: {reason}")
+
+
+class Preempted(HesError):
+    """A routine job gave way to a command at a request boundary; it runs again afterwards."""
+
+
+class UnknownMeter(HesError):
+    """A request names a meter that is not registered, or whose bus is not running."""
+
+
+class ControlError(HesError):
+    """A request over the control socket failed: refused, malformed, or the daemon could not do it."""
+
+
+class DaemonUnavailable(ControlError):
+    """The daemon's control socket does not answer: the daemon is not running (or not yet)."""
+
+
+class AccessDenied(ControlError):
+    """Wrong name or password, a locked account, or a role that may not do this."""
+
+
+class ConsoleInputError(HesError):
+    """What a technician typed at the console is not a command; the message says what would be."""
+
+
+class TariffError(HesError):
+    """A tariff file is invalid (overlapping periods, a gap in a day, an unknown currency, ...), or a
+    tariff or prepay operation cannot be done (unknown account, a top-up in another currency)."""

@@ -11,9 +11,10 @@ import logging
 from collections.abc import Sequence
 
 from appliance import alarms
+from appliance.aggregate import aggregate_due
 from appliance.clock import Clock
 from appliance.config import Config
-from appliance.errors import StoreFull
+from appliance.errors import StoreError, StoreFull
 from appliance.model import Event, Reading, epoch
 from appliance.store import Store
 from appliance.store.outbox import Priority
@@ -47,7 +48,11 @@ class Housekeeping:
             return save_readings(store, readings, epoch(self.clock.now()), events)
 
     def sweep(self, store: Store) -> None:
-        """The periodic pass: age-based retention, then size."""
+        """The periodic pass: totals per bus and group that became due, age-based retention, then size."""
+        try:
+            aggregate_due(store, self.config, self.clock.now())
+        except StoreError as exc:  # totals are made again next time: nothing is lost by waiting
+            log.error("totals not made: %s", exc)
         before = epoch(self.clock.now()) - self.config.store.retention_days * 86400
         while prune_sent(store, CHUNK, before_ts=before) == CHUNK:
             pass

@@ -47,13 +47,15 @@ def snapshot(
     drain_rate: float,
     published: int,
     acknowledged: int,
+    wan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The status document of a running daemon."""
+    """The status document of a running daemon; `wan` is the WAN health monitor's snapshot."""
     return {
         "state": "online",
         "hes_id": config.hes.id,
         "version": __version__,
         "time": format_time(clock.now()),
+        "clock": clock.status(),
         "backlog": backlog_status(store, clock) | {"drain_rate_per_s": round(drain_rate, 1)},
         "uplink": {
             "connected": connected,
@@ -62,6 +64,7 @@ def snapshot(
             "messages_published": published,
             "messages_acknowledged": acknowledged,
         },
+        "wan": wan,
         "buses": bus_stats(store),
         "store": {
             "used_mb": round(used_bytes(store) / 2**20, 1),
@@ -90,6 +93,27 @@ def read_status(config: Config, store: Store | None, clock: Clock) -> dict[str, 
     return document
 
 
+def _wan_line(wan: dict[str, Any]) -> str:
+    """`wan:     up, LTE SimTel, CSQ 20 (-73 dBm), home; MQTT rtt 41 ms, 2 reconnects`."""
+    modem, mqtt, recovery = wan.get("modem"), wan.get("mqtt", {}), wan.get("recovery", {})
+    parts = [wan["state"] + (f" ({wan['problem']})" if wan.get("problem") else "")]
+    if modem and modem["responding"]:
+        registration = modem["registration"]
+        parts.append(
+            f"{modem['technology'] or '-'} {modem['operator'] or 'no operator'},"
+            f" CSQ {modem['csq'] if modem['csq'] is not None else '?'}"
+            f" ({modem['rssi_dbm'] if modem['rssi_dbm'] is not None else '?'} dBm),"
+            f" {registration['eps'] or registration['ps'] or registration['cs'] or '?'}"
+        )
+    elif modem:
+        parts.append("modem not answering")
+    rtt = f"rtt {mqtt['rtt_ms']} ms" if mqtt.get("rtt_ms") is not None else "no ping"
+    line = f"wan:     {', '.join(parts)}; MQTT {rtt}, {mqtt.get('reconnects', 0)} reconnects"
+    if recovery.get("rungs_taken"):
+        line += f"; recovery: {', '.join(recovery['rungs_taken'])}"
+    return line
+
+
 def format_status(document: dict[str, Any]) -> str:
     """The status document as a few lines for an 80-column terminal."""
     lines = [
@@ -102,6 +126,13 @@ def format_status(document: dict[str, Any]) -> str:
             f" {uplink['encoding']}, {uplink['messages_published']} published,"
             f" {uplink['messages_acknowledged']} acknowledged"
         )
+    wan = document.get("wan")
+    if wan:
+        lines.append(_wan_line(wan))
+    clock = document.get("clock")
+    if clock:
+        offset = "no GPS time" if clock["offset_s"] is None else f"offset {clock['offset_s']:+.3f} s"
+        lines.append(f"clock:   {clock['state']} since {clock['since']}, {offset}, gpsd {clock['gpsd']}")
     backlog_doc = document.get("backlog", {})
     lines.append(
         f"backlog: {backlog_doc.get('unsent_readings', '?')} unsent readings,"

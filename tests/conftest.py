@@ -29,6 +29,10 @@ class CimSchemas:
             "EndDeviceEvents": xmlschema.XMLSchema(
                 SHARED_CIM / "connexo" / "enddeviceevents" / "EndDeviceEvents.xsd"
             ),
+            "EndDeviceControls": xmlschema.XMLSchema(
+                SHARED_CIM / "connexo" / "enddevicecontrols" / "EndDeviceControls.xsd"
+            ),
+            "MeterConfig": xmlschema.XMLSchema(SHARED_CIM / "connexo" / "meterconfig" / "MeterConfig.xsd"),
         }
 
     def validate(self, message: bytes) -> None:
@@ -61,7 +65,12 @@ def write_config(path: Path, text: str) -> Path:
 
 
 def meter_spec(
-    meter_id: str, address: int = 1, model: str = "sdm630", poll_interval_s: int = 900, bus: str = "A"
+    meter_id: str,
+    address: int = 1,
+    model: str = "sdm630",
+    poll_interval_s: int = 900,
+    bus: str = "A",
+    protocol: Protocol = Protocol.MODBUS,
 ) -> MeterSpec:
-    """A Modbus meter as the config would give it (DLMS fields at the template's values)."""
-    return MeterSpec(meter_id, bus, Protocol.MODBUS, address, model, poll_interval_s, 1, 16, "none", None)
+    """A meter as the config would give it (DLMS fields at the template's values)."""
+    return MeterSpec(meter_id, bus, protocol, address, model, poll_interval_s, 1, 16, "none", None)

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import BusSpec, Config, HesSection, MeterSpec, MqttSection, load_config, template_path
+from appliance.config import (
+    BusSpec,
+    Config,
+    HesSection,
+    MeterSpec,
+    MqttSection,
+    Schedule,
+    load_config,
+    template_path,
+)
 from appliance.errors import ConfigError
 from appliance.model import Protocol
 from tests.conftest import REPO, write_config
@@ -46,7 +55,11 @@ def test_template_gives_every_field_a_default(tmp_path: Path) -> None:
         retries=2,
         backoff_max_s=3600,
     )
-    assert config.meters == (MeterSpec("M1", "A", Protocol.MODBUS, 1, "sdm630", 900, 1, 16, "none", None),)
+    assert config.meters == (MeterSpec("M1", "A", Protocol.MODBUS, 1, "sdm630", 0, 1, 16, "none", None),)
+    assert config.schedules["sdm630"] == Schedule(registers_s=900, profile_s=0, events_s=0, clock_s=0)
+    assert config.schedules["dlms-generic"] == Schedule(
+        registers_s=86400, profile_s=900, events_s=3600, clock_s=86400
+    )
     assert isinstance(config.mqtt, MqttSection) and config.mqtt.port == 8883
     assert config.topic("cim", "out", "MeterReadings") == "hes/hes-0001/cim/out/MeterReadings"
 
@@ -85,7 +98,13 @@ def test_missing_file(tmp_path: Path) -> None:
         (METER + 'model = "nosuch"\n', "meters[0].model", "sdm630"),
         (METER + 'protocol = "iec"\n', "meters[0].protocol", "modbus"),
         ("[buses.A]\nenabled = false\n" + METER, "meters[0].bus", "bus A is disabled"),
-        ("[meter_defaults]\npoll_interval_s = 0\n" + METER, "meters[0].poll_interval_s", "1 second"),
+        ("[schedules.nosuch]\nprofile_s = 1\n", "schedules.nosuch", "a meter model"),
+        ("[schedules.sdm630]\nclock_s = 60\n", "schedules.sdm630.clock_s", "modbus model has no clock"),
+        ("[schedules.dlms-generic]\nprofile_s = -1\n", "schedules.dlms-generic.profile_s", "0 (never)"),
+        ('[meter_time]\nmode = "slew"\n', "meter_time.mode", "set or step"),
+        ("[meter_time]\ntolerance_s = 400.0\n", "meter_time.tolerance_s", "less than"),
+        ("[discovery]\nhdlc_first = 3\n", "discovery.hdlc_first", "16-16383"),
+        ("[meter_defaults]\npoll_interval_s = -1\n" + METER, "meters[0].poll_interval_s", "or more seconds"),
         ("meters = 3\n", "meters", "[[meters]]"),
     ],
 )

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from appliance.config import template_path
+from appliance.hw.leds import render
 from appliance.sim.mdm import Received
 from appliance.sim.substation import Substation, describe
+from appliance.status import STATUS_FILE
 from appliance.store.outbox import backlog
 from appliance.store.readings import count_readings
 
@@ -26,7 +29,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Run the demo until --duration passes or Ctrl-C; print and optionally save a summary."""
     base = args.config or template_path().parent / "demo.toml"
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="hes-demo-"))
-    substation = Substation(run_dir, base, _broker(args.broker))
+    substation = Substation(run_dir, base, _broker(args.broker), gps=True, modem=True)
     config = substation.config
     kinds = ", ".join(sorted({m.protocol.value for m in config.meters}))
     print(f"HES demo: {len(config.meters)} simulated meters ({kinds}) on buses {', '.join(substation.lines)}")
@@ -46,10 +49,12 @@ def run_demo(args: argparse.Namespace) -> int:
         substation.start_daemon()
         try:
             deadline = time.monotonic() + args.duration if args.duration else float("inf")
+            panel: dict | None = None
             while time.monotonic() < deadline:
                 if substation.daemon is None or substation.daemon.poll() is not None:
                     print(f"the daemon exited; see {substation.log}")
                     break
+                panel = _show_panel(substation, panel)
                 time.sleep(0.2)
         except KeyboardInterrupt:
             print()
@@ -63,6 +68,19 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.summary_json:
         args.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0 if summary["readings_collected"] and summary["daemon_exit_code"] == 0 else 1
+
+
+def _show_panel(substation: Substation, shown: dict | None) -> dict | None:
+    """Print the daemon's LED panel (from its status.json) when it changed; returns what is shown."""
+    try:
+        document = json.loads((substation.config.hes.data_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):  # not written yet, or being replaced
+        return shown
+    leds = document.get("leds")
+    if leds and leds != shown:
+        print("LED panel: " + render(leds, colour=sys.stdout.isatty()), flush=True)
+        return leds
+    return shown
 
 
 def _drain(substation: Substation, timeout: float = 5.0) -> None:

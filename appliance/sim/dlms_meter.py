@@ -342,6 +342,10 @@ class _PatchedServer(GXDLMSSecureServer):
         hdlc.maxInfoRX = min(hdlc.maxInfoRX, self.max_info)
         hdlc.windowSizeTX = hdlc.windowSizeRX = 1
         self.reset(True)
+        # An SNRM resets both sequence numbers and drops a half-sent answer (IEC 62056-46 6.4.4.4.3.2);
+        # gurux kept them when a client hung up in the middle of a segmented answer.
+        self.settings.resetFrameSequence()
+        self.info.clear()
         self._append_hdlc_parameters()
         self.settings.connected = ConnectionState.HDLC
 
@@ -807,25 +811,15 @@ def take_wrapper_frame(buf: bytearray) -> tuple[int, int, bytes] | None:
         return source, dest, frame
 
 
-class WrapperListener:
-    """The TCP wrapper (IEC 62056-47): each connection gets its own associations with the meters."""
+class WrapperServer:
+    """The TCP wrapper (IEC 62056-47) on connected sockets: each gets its own associations with the
+    meters, whichever side opened it (the HES, or a meter that called the HES: sim/dcu.py)."""
 
-    def __init__(self, host: str, port: int, states: list[MeterState], pacing: Pacing) -> None:
+    def __init__(self, states: list[MeterState], pacing: Pacing) -> None:
         self.states, self.pacing = states, pacing
-        self.sock = socket.create_server((host, port))
-        self.port = self.sock.getsockname()[1]
 
-    def serve(self, stop: threading.Event) -> None:
-        """Accept connections until `stop` is set."""
-        self.sock.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=self._connection, args=(conn, stop), daemon=True).start()
-
-    def _connection(self, conn: socket.socket, stop: threading.Event) -> None:
+    def connection(self, conn: socket.socket, stop: threading.Event) -> None:
+        """Answer requests on `conn` until the peer closes it or `stop` is set; closes it."""
         servers: dict[int, MeterServer] = {}
         buf = bytearray()
         conn.settimeout(0.05)
@@ -865,6 +859,25 @@ class WrapperListener:
             return None
 
 
+class WrapperListener(WrapperServer):
+    """The TCP wrapper on a listening socket: the HES connects to the meters."""
+
+    def __init__(self, host: str, port: int, states: list[MeterState], pacing: Pacing) -> None:
+        super().__init__(states, pacing)
+        self.sock = socket.create_server((host, port))
+        self.port = self.sock.getsockname()[1]
+
+    def serve(self, stop: threading.Event) -> None:
+        """Accept connections until `stop` is set."""
+        self.sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self.connection, args=(conn, stop), daemon=True).start()
+
+
 # =============================================================================================
 # Command line and the Python handle for tests and the demo.
 # =============================================================================================
@@ -879,6 +892,7 @@ _OPTION_TYPES: dict[str, tuple[str, Callable[[str], object]]] = {
     "offset": ("offset_s", float),
     "drift": ("drift_ppm", float),
     "tz": ("tz_minutes", int),
+    "dst": ("dst", lambda text: text in ("1", "True")),
     "days": ("days", int),
     "scaler": ("scaler", int),
     "mode": ("control_mode", int),

@@ -8,6 +8,7 @@ hes.log (the daemon's output).
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import signal
 import socket
@@ -25,11 +26,14 @@ from appliance.errors import TransportError
 from appliance.model import Protocol, unit_symbol
 from appliance.sim.broker import Mosquitto
 from appliance.sim.dlms_meter import SimulatedDlmsBus, parse_meter
+from appliance.sim.gps import SimulatedGps
 from appliance.sim.mdm import MdmListener, Received
 from appliance.sim.modbus_meter import SimulatedModbusBus
+from appliance.sim.modem import SimulatedModem
 from appliance.sim.multidrop import MultidropLine
 from appliance.sim.pki import TestPki
 from appliance.sim.process import ChildProcess
+from appliance.sim.ptys import PtyPair
 from appliance.store import Store
 from appliance.store.outbox import backlog
 from appliance.uplink.cim import format_time
@@ -38,10 +42,25 @@ from appliance.uplink.cim import format_time
 class Substation:
     """Simulated buses and broker for the daemon configured by `base_config`."""
 
-    def __init__(self, run_dir: Path, base_config: Path, broker: tuple[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        base_config: Path,
+        broker: tuple[str, int] | None = None,
+        gps: bool = False,
+        modem: bool = False,
+        pace_turnaround_ms: float | None = None,
+    ) -> None:
         self.run_dir = run_dir
+        # DLMS meters that take 10 bits per byte at the bus's baud and this long to answer (benchmarks).
+        self.pace_turnaround_ms = pace_turnaround_ms
         self.base_config = base_config
         run_dir.mkdir(parents=True, exist_ok=True)
+        # A GPS receiver (NMEA on a pty, a real gpsd); without one the daemon is told there is no gpsd.
+        self.gps = SimulatedGps(run_dir / "gps") if gps else None
+        # A GSM/LTE modem answering AT on a pty; without one the daemon watches the MQTT link alone.
+        self.modem_line = PtyPair(run_dir, "modem") if modem else None
+        self.modem = SimulatedModem(self.modem_line.peer) if self.modem_line else None
         self.pki = None if broker else TestPki(run_dir / "pki")
         self.broker = None if broker else Mosquitto(run_dir / "broker", self.pki)
         self.broker_address = broker or (self.broker.host, self.broker.port)
@@ -68,7 +87,8 @@ class Substation:
         meters = [m for m in self.config.meters if m.bus == name]
         modbus = [m for m in meters if m.protocol is Protocol.MODBUS]
         dlms = [m for m in meters if m.protocol is Protocol.DLMS]
-        line = MultidropLine(self.run_dir, name, ["modbus"] * bool(modbus) + ["dlms"] * bool(dlms))
+        drops = ["modbus"] * bool(modbus) + ["dlms"] * bool(dlms)
+        line = MultidropLine(self.run_dir, name, drops, stats=self.run_dir / f"line-{name}.json")
         self.lines[name] = line
         self.simulators[name] = []
         if modbus:
@@ -83,7 +103,14 @@ class Substation:
         if dlms:
             simulated = [parse_meter(f"{m.address}:{_dlms_options(m)}", seed=seed) for m in dlms]
             self.simulators[name].append(
-                SimulatedDlmsBus(simulated, port=line.drop("dlms"), log=self.run_dir / f"sim-{name}-dlms.log")
+                SimulatedDlmsBus(
+                    simulated,
+                    port=line.drop("dlms"),
+                    baud=self.config.buses[name].baud,
+                    pace=self.pace_turnaround_ms is not None,
+                    turnaround_ms=self.pace_turnaround_ms or 0.0,
+                    log=self.run_dir / f"sim-{name}-dlms.log",
+                )
             )
 
     def _overlay(self) -> dict:
@@ -96,6 +123,21 @@ class Substation:
             "hes": {"data_dir": str(self.run_dir / "data")},
             "mqtt": mqtt,
             "buses": {name: {"device": str(self.run_dir / f"tty{name}")} for name in self.bus_names},
+            "clock": {"gpsd_port": self.gps.port} if self.gps else {"gpsd_host": ""},
+            # The demo's data path is the loopback interface: its bytes are the WAN's.
+            **(
+                {
+                    "modem": {"enabled": True, "device": str(self.modem_line.device), "gpio": "fake"},
+                    "wan": {"check_interval_s": 5, "interface": "lo"},
+                }
+                if self.modem_line
+                else {}
+            ),
+            # The control socket of `hes console`, for the group of whoever runs the rig.
+            "console": {
+                "socket": str(self.run_dir / "control.sock"),
+                "group": grp.getgrgid(os.getgid()).gr_name,
+            },
         }
 
     def start(self) -> Substation:
@@ -106,6 +148,11 @@ class Substation:
                 simulator.start()
         if self.broker:
             self.broker.start()
+        if self.gps:
+            self.gps.start()
+        if self.modem_line and self.modem:
+            self.modem_line.start()
+            self.modem.start()
         return self
 
     def stop(self) -> None:
@@ -118,6 +165,11 @@ class Substation:
             line.stop()
         if self.broker:
             self.broker.stop()
+        if self.gps:
+            self.gps.stop()
+        if self.modem_line and self.modem:
+            self.modem.stop()
+            self.modem_line.stop()
 
     def __enter__(self) -> Substation:
         return self.start()

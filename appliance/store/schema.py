@@ -113,4 +113,203 @@ MIGRATIONS: list[list[str]] = [
             last_error TEXT NOT NULL DEFAULT ''
         )""",
     ],
+    [
+        # Registration (issue 4): everything needed to poll a meter registered by the MDM or found by
+        # discovery, so it survives restarts. state: active (polled), unassigned (discovered, waiting
+        # for the MDM), removed (kept for its readings). identity: what discovery read from it.
+        "ALTER TABLE meters ADD COLUMN settings TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE meters ADD COLUMN state TEXT NOT NULL DEFAULT 'active'",
+        "ALTER TABLE meters ADD COLUMN identity TEXT NOT NULL DEFAULT '{}'",
+        # The meter clock as last checked: offset in seconds (meter minus HES) and when.
+        """CREATE TABLE meter_clock (
+            meter INTEGER PRIMARY KEY REFERENCES meters(id),
+            checked_at INTEGER NOT NULL,
+            offset_s REAL NOT NULL,
+            action TEXT NOT NULL
+        )""",
+    ],
+    [
+        # The technician console (issue 8): accounts with a role and a scrypt hash (empty for an
+        # account that signs in with the OS login), the lockout counter, and the audit trail of
+        # every console command, kept as long as the box lives (a few hundred bytes per command).
+        """CREATE TABLE console_users (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            password_hash TEXT NOT NULL DEFAULT '',
+            failed_attempts INTEGER NOT NULL DEFAULT 0,
+            locked_until INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE console_audit (
+            id INTEGER PRIMARY KEY,
+            ts INTEGER NOT NULL,
+            user TEXT NOT NULL,
+            role TEXT NOT NULL,
+            command TEXT NOT NULL,
+            outcome TEXT NOT NULL
+        )""",
+    ],
+    [
+        # The command journal (issue 6, store/commands.py): every request from the MDM. `request` is
+        # the parsed request as JSON (what to do), not its XML; `priority`: lower runs first.
+        """CREATE TABLE commands (
+            id INTEGER PRIMARY KEY,
+            message_id TEXT NOT NULL UNIQUE,
+            correlation_id TEXT NOT NULL,
+            verb TEXT NOT NULL,
+            noun TEXT NOT NULL,
+            source TEXT NOT NULL,
+            reply_topic TEXT NOT NULL,
+            request TEXT NOT NULL,
+            priority INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            received_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            finished_at INTEGER,
+            reply_result TEXT NOT NULL,
+            reply_code TEXT NOT NULL,
+            reply_reason TEXT NOT NULL,
+            outcome_code TEXT NOT NULL DEFAULT '',
+            outcome_reason TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX commands_open ON commands (priority, id) WHERE finished_at IS NULL",
+        # One row per meter a request names: what is done there (`kind`: relay, clock, read, ...),
+        # its own state, and its outcome as JSON (the relay state read back, the readings served).
+        """CREATE TABLE command_targets (
+            command INTEGER NOT NULL REFERENCES commands(id),
+            meter TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL,
+            error_code TEXT NOT NULL DEFAULT '',
+            reason TEXT NOT NULL DEFAULT '',
+            detail TEXT NOT NULL DEFAULT '{}',
+            updated_at INTEGER NOT NULL,
+            PRIMARY KEY (command, meter)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX command_targets_meter ON command_targets (meter, kind)",
+    ],
+    [
+        # WAN listener (issue 7): devices that connect over the WAN, by logical device name. A meter
+        # also has a `meters` row (bus 'wan', its mRID here); a DCU has only this row, and the meters
+        # behind it name it as `parent`. status: registered, or refused (unknown while automatic
+        # registration is off: kept so the operator sees who called, and the alarm goes once a day).
+        # Connection health: connections, the last peer address and why the last connection ended.
+        """CREATE TABLE wan_devices (
+            logical_name TEXT PRIMARY KEY,
+            mrid TEXT UNIQUE,
+            kind TEXT NOT NULL,
+            parent TEXT,
+            status TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            connections INTEGER NOT NULL DEFAULT 0,
+            refusals INTEGER NOT NULL DEFAULT 0,
+            last_refusal_alarm INTEGER,
+            last_connected INTEGER,
+            last_disconnected INTEGER,
+            last_peer TEXT NOT NULL DEFAULT '',
+            last_close TEXT NOT NULL DEFAULT ''
+        ) WITHOUT ROWID""",
+    ],
+    [
+        # Aggregation (issue 4): the totals made without every member (marked partial, 2.4.2), with
+        # how many members there were and which were missing (mRIDs, comma-joined). `device` is the
+        # group's virtual meter; a complete total needs no row (its reading says it all).
+        """CREATE TABLE partial_totals (
+            ts INTEGER NOT NULL,
+            device INTEGER NOT NULL,
+            rtype INTEGER NOT NULL,
+            members INTEGER NOT NULL,
+            missing TEXT NOT NULL,
+            PRIMARY KEY (ts, device, rtype)
+        ) WITHOUT ROWID""",
+    ],
+    [
+        # Tariffs, costs and prepay (issue 10, store/tariffs.py). The series a tariff prices (meter
+        # and energy ReadingType) are listed, and a trigger queues each *really inserted* reading of
+        # one in tariff_pending: a re-read interval is ignored by readings, so it is never charged twice.
+        """CREATE TABLE tariff_series (
+            meter INTEGER NOT NULL,
+            rtype INTEGER NOT NULL,
+            PRIMARY KEY (meter, rtype)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE tariff_pending (
+            ts INTEGER NOT NULL,
+            meter INTEGER NOT NULL,
+            rtype INTEGER NOT NULL,
+            PRIMARY KEY (ts, meter, rtype)
+        ) WITHOUT ROWID""",
+        """CREATE TRIGGER readings_queue_tariff AFTER INSERT ON readings
+           WHEN EXISTS (SELECT 1 FROM tariff_series WHERE meter = NEW.meter AND rtype = NEW.rtype) BEGIN
+            INSERT OR IGNORE INTO tariff_pending (ts, meter, rtype) VALUES (NEW.ts, NEW.meter, NEW.rtype);
+        END""",
+        # One row per apportioned interval, keyed like its reading. state: charged, baseline (the
+        # first snapshot of a register series) or covered (a snapshot inside a gap charged already).
+        # start: the start of the energy it charged; energy and amount: exact decimal strings.
+        """CREATE TABLE tariff_intervals (
+            ts INTEGER NOT NULL,
+            meter INTEGER NOT NULL,
+            rtype INTEGER NOT NULL,
+            start INTEGER NOT NULL,
+            billing_start INTEGER NOT NULL,
+            tariff TEXT NOT NULL,
+            state TEXT NOT NULL,
+            energy TEXT NOT NULL,
+            amount TEXT NOT NULL,
+            PRIMARY KEY (ts, meter, rtype)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX tariff_intervals_billing ON tariff_intervals (meter, billing_start)",
+        "CREATE INDEX tariff_intervals_series ON tariff_intervals (meter, rtype, ts)",
+        # The slices of a charged interval: energy and cost per TOU period and consumption block.
+        """CREATE TABLE tariff_slices (
+            ts INTEGER NOT NULL,
+            meter INTEGER NOT NULL,
+            rtype INTEGER NOT NULL,
+            period TEXT NOT NULL,
+            block INTEGER NOT NULL,
+            energy TEXT NOT NULL,
+            amount TEXT NOT NULL,
+            PRIMARY KEY (ts, meter, rtype, period, block)
+        ) WITHOUT ROWID""",
+        # Energy apportioned so far in a billing period: where the next interval stands in the blocks.
+        """CREATE TABLE tariff_usage (
+            meter INTEGER NOT NULL,
+            billing_start INTEGER NOT NULL,
+            energy TEXT NOT NULL,
+            PRIMARY KEY (meter, billing_start)
+        ) WITHOUT ROWID""",
+        # Closed billing periods: determinants and bill as JSON, computed once at the period's end.
+        """CREATE TABLE tariff_bills (
+            meter INTEGER NOT NULL,
+            billing_start INTEGER NOT NULL,
+            billing_end INTEGER NOT NULL,
+            tariff TEXT NOT NULL,
+            currency TEXT NOT NULL,
+            bill TEXT NOT NULL,
+            total TEXT NOT NULL,
+            closed_at INTEGER NOT NULL,
+            PRIMARY KEY (meter, billing_start)
+        ) WITHOUT ROWID""",
+        # Prepay accounts by meter mRID, and the journal of every change of balance. A top-up's
+        # reference is the MDM's MessageID: unique per account, so a repeated top-up credits once.
+        """CREATE TABLE prepay_accounts (
+            meter TEXT PRIMARY KEY,
+            currency TEXT NOT NULL,
+            balance TEXT NOT NULL,
+            relay TEXT NOT NULL,
+            low_warned INTEGER NOT NULL DEFAULT 0,
+            emergency_warned INTEGER NOT NULL DEFAULT 0,
+            updated_at INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE prepay_journal (
+            id INTEGER PRIMARY KEY,
+            meter TEXT NOT NULL,
+            ts INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            amount TEXT NOT NULL,
+            balance TEXT NOT NULL,
+            reference TEXT NOT NULL,
+            UNIQUE (meter, kind, reference)
+        )""",
+    ],
 ]

@@ -11,6 +11,8 @@ import logging
 import queue
 import ssl
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
@@ -45,6 +47,19 @@ class LinkChange:
     reset: bool = False
 
 
+@dataclass(frozen=True)
+class InboundMessage:
+    """A request from the MDM as it arrived; `ack` it once it is journalled (QoS 1, manual PUBACK)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    response_topic: str | None
+    expiry_s: int | None  # what was left of the MQTT 5 Message Expiry Interval on arrival
+    received: float  # time.time() on arrival
+
+
 class MqttLink:
     """One MQTT session to the broker, owned by the daemon: MQTT 5, or 3.1.1 when the broker needs it."""
 
@@ -57,6 +72,10 @@ class MqttLink:
         self._fall_back = threading.Event()
         self._connack = False  # the current attempt got its CONNACK
         self._silent_attempts = 0  # MQTT 5 attempts in a row the broker never answered
+        self._on_request: Callable[[InboundMessage], None] | None = None
+        self._rebuild = threading.Lock()  # the main loop (fallback) and the WAN monitor (recovery)
+        self.reconnects = 0  # connections made after the first one: the WAN health's count
+        self._connected_before = False
         self.client = self._make_client()
 
     def _make_client(self) -> paho.Client:
@@ -65,6 +84,9 @@ class MqttLink:
             CallbackAPIVersion.VERSION2,
             client_id=mqtt.client_id or self.config.hes.id,
             protocol=self.protocol,
+            # 3.1.1 keeps the session (subscription, unacknowledged requests) the same way MQTT 5
+            # does with clean_start=False and a Session Expiry Interval (see `start`).
+            clean_session=False if self.protocol == paho.MQTTv311 and mqtt.session_expiry_s else None,
         )
         if mqtt.tls:
             try:
@@ -87,6 +109,8 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.manual_ack_set(True)  # a request is acknowledged only once it is journalled
         return client
 
     def maintain(self) -> None:
@@ -97,16 +121,37 @@ class MqttLink:
         if not self._fall_back.is_set():
             return
         self._fall_back.clear()
-        self.client.loop_stop()
         self.protocol = paho.MQTTv311
-        self.client = self._make_client()
-        self.events.put(LinkChange(False, "falling back to MQTT 3.1.1", reset=True))
-        self.start()
+        self.reconnect("falling back to MQTT 3.1.1")
+
+    def reconnect(self, reason: str) -> None:
+        """Replace the client with a new one that connects at once (paho's own backoff may be minutes
+        long after an outage); the outbox re-sends from the store what the old one had in flight."""
+        with self._rebuild:
+            self.connected.clear()  # a disconnect we asked for is not a lost broker
+            self.client.disconnect()  # closes the old socket, even a half-open one
+            self.client.loop_stop()
+            self.client = self._make_client()
+            self.events.put(LinkChange(False, reason, reset=True))
+            self.start()
+
+    def ping(self) -> paho.MQTTMessageInfo | None:
+        """A small QoS 1 publish whose PUBACK measures the data path's round trip (None while down)."""
+        if not self.connected.is_set():
+            return None
+        return self.client.publish(self.config.topic("ping"), b"", qos=1)
 
     def start(self) -> None:
         """Connect in the background; paho keeps reconnecting until `stop`."""
         mqtt = self.config.mqtt
-        self.client.connect_async(mqtt.host, mqtt.port, keepalive=mqtt.keepalive_s)
+        if self.protocol == paho.MQTTv5 and mqtt.session_expiry_s:
+            session = Properties(PacketTypes.CONNECT)
+            session.SessionExpiryInterval = mqtt.session_expiry_s
+            self.client.connect_async(
+                mqtt.host, mqtt.port, keepalive=mqtt.keepalive_s, clean_start=False, properties=session
+            )
+        else:
+            self.client.connect_async(mqtt.host, mqtt.port, keepalive=mqtt.keepalive_s)
         self.client.loop_start()
 
     def stop(self) -> None:
@@ -163,11 +208,42 @@ class MqttLink:
             )
             return
         self._silent_attempts = 0
+        self.reconnects += self._connected_before
+        self._connected_before = True
         log.info("connected to broker %s:%s", self.config.mqtt.host, self.config.mqtt.port)
         status = {"state": "online", "version": __version__}
+        if self._on_request is not None:  # before "online": whoever sees it can send requests
+            client.subscribe(self.config.topic("cim", "in", "#"), qos=1)
         client.publish(self.status_topic, json.dumps(status), qos=1, retain=True)
         self.connected.set()
         self.events.put(LinkChange(True, str(reason)))
+
+    def serve_requests(self, handler: Callable[[InboundMessage], None]) -> None:
+        """Before `start`: subscribe to this box's request topics and hand each request to `handler`
+        (on paho's thread: it must only queue it). The handler's owner calls `ack` once it is safe."""
+        self._on_request = handler
+
+    def ack(self, message: InboundMessage) -> None:
+        """Send the PUBACK for a request: the broker may forget it now."""
+        if message.qos:
+            self.client.ack(message.mid, message.qos)
+
+    def _on_message(self, _client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
+        properties = getattr(message, "properties", None)
+        expiry = getattr(properties, "MessageExpiryInterval", None)
+        inbound = InboundMessage(
+            topic=message.topic,
+            payload=message.payload,
+            qos=message.qos,
+            mid=message.mid,
+            response_topic=getattr(properties, "ResponseTopic", None),
+            expiry_s=expiry if isinstance(expiry, int) else None,
+            received=time.time(),
+        )
+        if self._on_request is None:
+            self.ack(inbound)  # nothing here asked for it
+        else:
+            self._on_request(inbound)
 
     def _on_disconnect(
         self, _client: paho.Client, _userdata: object, _flags: object, reason: object, _props: object
