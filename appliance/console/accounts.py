@@ -8,6 +8,7 @@ the daemon is down.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -63,8 +64,11 @@ def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=64 * 2**20, dklen=32)
 
 
-# Checked when the name is unknown, so that a wrong name costs the same time as a wrong password.
-_DUMMY_HASH = hash_password(os.urandom(8).hex())
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked when the name is unknown, so that a wrong name costs the same time as a wrong password.
+    Made on first use, not at import: scrypt touches 16 MiB, and the daemon's peak RSS counts."""
+    return hash_password(os.urandom(8).hex())
 
 
 def verify_password(password: str, stored: str) -> bool:
@@ -131,7 +135,7 @@ def delete_user(store: Store, name: str) -> None:
 def list_users(store: Store) -> list[dict]:
     """Every account with its role and lockout state (never the hash)."""
     return list(
-        store.db.query(
+        store.query(
             "SELECT name, role, password_hash != '' AS has_password, failed_attempts, locked_until"
             " FROM console_users ORDER BY name"
         )
@@ -154,7 +158,7 @@ def check_login(store: Store, name: str, password: str | None) -> Account:
         if row is None:
             raise AccessDenied(f"the OS user {name!r} has no console account")
         return Account(name, Role.named(row[0]))
-    if not verify_password(password, row[1] if row else _DUMMY_HASH) or row is None:
+    if not verify_password(password, row[1] if row else _dummy_hash()) or row is None:
         raise AccessDenied("login incorrect")
     return Account(name, Role.named(row[0]))
 
@@ -205,7 +209,7 @@ def audit(store: Store, now: int, account: Account | None, command: str, outcome
 
 def audit_tail(store: Store, limit: int) -> list[dict]:
     """The newest `limit` audit entries, oldest first."""
-    rows = store.db.query(
+    rows = store.query(
         "SELECT ts, user, role, command, outcome FROM console_audit ORDER BY id DESC LIMIT ?", [limit]
     )
     return list(reversed(list(rows)))

@@ -6,11 +6,10 @@ One `Store` per thread (sqlite3 connections are not shared between threads).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-
-import sqlite_utils
+from typing import Any
 
 from appliance.errors import StoreError, StoreFull
 from appliance.store.schema import MIGRATIONS
@@ -51,11 +50,17 @@ class Store:
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the store {path}: {exc}") from exc
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
         self._meter_keys: dict[str, int] = {}
         self._rtype_keys: dict[str, int] = {}
         if not readonly:
             self.migrate()
+
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+        """Rows as dicts, for reports and lookups (hot paths use `conn` and tuples)."""
+        cursor = self.conn.execute(sql, parameters)
+        names = [column[0] for column in cursor.description]
+        for row in cursor:
+            yield dict(zip(names, row, strict=True))
 
     def close(self) -> None:
         """Close the connection (a checkpoint happens when the last one closes)."""

@@ -121,7 +121,7 @@ def _spec(row: dict[str, Any]) -> MeterSpec:
 
 def active_meters(store: Store) -> list[MeterSpec]:
     """The meters to poll on the buses (config, MDM and assigned discovered ones)."""
-    rows = store.db.query(
+    rows = store.query(
         "SELECT * FROM meters WHERE state = ? AND bus IS NOT NULL AND protocol != 'derived' ORDER BY mrid",
         [ACTIVE],
     )
@@ -130,7 +130,7 @@ def active_meters(store: Store) -> list[MeterSpec]:
 
 def registered_meter(store: Store, mrid: str) -> tuple[MeterSpec, str, str] | None:
     """One meter with its source and state, or None."""
-    rows = list(store.db.query("SELECT * FROM meters WHERE mrid = ?", [mrid]))
+    rows = list(store.query("SELECT * FROM meters WHERE mrid = ?", [mrid]))
     return (_spec(rows[0]), rows[0]["source"], rows[0]["state"]) if rows else None
 
 
@@ -138,7 +138,7 @@ def list_meters(store: Store) -> list[dict]:
     """Every registered meter, as rows (for the console and `hes status`)."""
     return [
         {**row, "identity": json.loads(row["identity"])}
-        for row in store.db.query(
+        for row in store.query(
             "SELECT mrid, bus, protocol, address, model, source, state, identity FROM meters ORDER BY mrid"
         )
     ]

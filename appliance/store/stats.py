@@ -66,7 +66,7 @@ _COLUMNS = "attempts, successes, timeouts, crc_errors, protocol_errors, refusals
 
 def meter_stats(store: Store) -> list[dict[str, Any]]:
     """Every polled meter's statistics, with its average response time in milliseconds."""
-    rows = store.db.query(
+    rows = store.query(
         f"""SELECT m.mrid, m.bus, {_COLUMNS}, s.consecutive_failures, s.last_attempt, s.last_success,
                    s.last_error, CASE WHEN successes THEN response_ms_total / successes END AS response_ms
             FROM meter_stats s JOIN meters m ON m.id = s.meter ORDER BY m.mrid"""  # noqa: S608
@@ -77,7 +77,7 @@ def meter_stats(store: Store) -> list[dict[str, Any]]:
 def bus_stats(store: Store) -> dict[str, dict[str, int]]:
     """The same counters summed per bus."""
     sums = ", ".join(f"sum({column}) AS {column}" for column in _COLUMNS.split(", "))
-    rows = store.db.query(
+    rows = store.query(
         f"SELECT m.bus, {sums} FROM meter_stats s JOIN meters m ON m.id = s.meter GROUP BY m.bus"  # noqa: S608
     )
     return {row.pop("bus"): row for row in rows}

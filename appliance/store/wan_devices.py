@@ -104,4 +104,4 @@ def note_disconnected(store: Store, logical_name: str, reason: str, now: int) ->
 
 def wan_devices(store: Store) -> list[dict[str, Any]]:
     """Every device that ever called, registered or refused, with its connection health."""
-    return list(store.db.query("SELECT * FROM wan_devices ORDER BY kind, logical_name"))
+    return list(store.query("SELECT * FROM wan_devices ORDER BY kind, logical_name"))

@@ -221,7 +221,7 @@ def _prepare(
         assert keys is not None and title is not None
 
         def counters_for() -> tuple[Any, InvocationCounters]:
-            # Imported here: the store (sqlite-utils) is not needed for unauthenticated probes.
+            # Imported here: the store is not needed for unauthenticated probes.
             from appliance.store.db import Store  # noqa: PLC0415
             from appliance.store.dlms_counters import open_counters  # noqa: PLC0415
 
