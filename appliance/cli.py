@@ -28,6 +28,18 @@ EXIT_CONFIG = 2
 DEFAULT_CONFIG = Path("/etc/hes/hes.toml")
 
 
+def _add_box_config(parser: argparse.ArgumentParser) -> None:
+    """`--config`, for the commands that work on this box's own config (default /etc/hes/hes.toml)."""
+    parser.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help=f"config file(s) of the box (default: {DEFAULT_CONFIG})",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hes",
@@ -79,14 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         description="The daemon's last status (status.json in hes.data_dir) with the backlog read "
         "fresh from the store (read-only): works whether or not the daemon runs.",
     )
-    status.add_argument(
-        "--config",
-        "-c",
-        action="append",
-        type=Path,
-        metavar="FILE",
-        help=f"config file(s) of the box (default: {DEFAULT_CONFIG})",
-    )
+    _add_box_config(status)
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
 
     decode = commands.add_parser(
@@ -104,13 +109,11 @@ def _parser() -> argparse.ArgumentParser:
         "daemon runs it holds the port: use the console's `discover bus A`.",
     )
     discover.add_argument("--bus", required=True, metavar="NAME", help="the bus to scan, e.g. A")
-    discover.add_argument(
-        "--config", "-c", action="append", type=Path, metavar="FILE", help=f"default: {DEFAULT_CONFIG}"
-    )
+    _add_box_config(discover)
 
     add_probe_parser(commands)
     _add_export_parser(commands)
-    add_console_parser(commands, DEFAULT_CONFIG)
+    add_console_parser(commands, _add_box_config)
     return parser
 
 
@@ -220,14 +223,7 @@ def _add_export_parser(commands: argparse._SubParsersAction) -> None:
         "--period", required=True, metavar="YYYY-MM", help="the month the billing period begins in"
     )
     billing.add_argument("--out", type=Path, default=Path.cwd(), metavar="DIR", help="where (default: here)")
-    billing.add_argument(
-        "--config",
-        "-c",
-        action="append",
-        type=Path,
-        metavar="FILE",
-        help=f"config file(s) of the box (default: {DEFAULT_CONFIG})",
-    )
+    _add_box_config(billing)
 
 
 def _export_billing(config: Config, period: str, out: Path) -> int:

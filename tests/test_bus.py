@@ -21,6 +21,7 @@ from appliance.model import Protocol
 from appliance.sim.dlms_meter import SimulatedDlmsBus, parse_meter
 from appliance.sim.modbus_meter import SimulatedModbusBus
 from appliance.sim.ptys import PtyPair
+from appliance.sim.substation import Substation
 from appliance.store import Store
 from appliance.store.events import events_of
 from appliance.store.readings import readings_between
@@ -91,12 +92,7 @@ class Rig:
             store.close()
 
     def wait_for_slots(self, meter: str, slots: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len({r.timestamp for r in self.readings(meter)}) >= slots:
-                return True
-            time.sleep(0.1)
-        return False
+        return Substation.wait_for(lambda: len({r.timestamp for r in self.readings(meter)}) >= slots, timeout)
 
     def halt(self) -> None:
         self.stop.set()

@@ -63,15 +63,10 @@ def decide(
     if size <= policy.tolerance_s:
         return ClockDecision(ClockAction.NONE, offset)
     if size > policy.max_correction_s:
-        event = Event(
-            meter_id,
-            CLOCK_SYNC_REFUSED,
-            hes_now,
-            reason=f"meter clock {offset:+.0f} s off: beyond {policy.max_correction_s:.0f} s, not corrected",
-            severity="major",
-            details=(("offsetSeconds", f"{offset:.0f}"),),
+        why = f"beyond {policy.max_correction_s:.0f} s, not corrected"
+        return ClockDecision(
+            ClockAction.REFUSED, offset, event=_not_corrected(meter_id, hes_now, offset, why)
         )
-        return ClockDecision(ClockAction.REFUSED, offset, event=event)
     if not hes_trusted:
         return ClockDecision(ClockAction.UNTRUSTED, offset)
     remaining = 0.0 if policy.mode == "set" else offset - min(size, policy.step_s) * (1 if offset > 0 else -1)
@@ -89,15 +84,20 @@ def decide(
 
 def write_denied(decision: ClockDecision, meter_id: str, hes_now: datetime, error: str) -> ClockDecision:
     """The decision after the meter refused its correction: readings marked, the MDM told."""
-    event = Event(
+    why = f"the meter refused the correction: {error}"
+    event = _not_corrected(meter_id, hes_now, decision.offset_s, why)
+    return ClockDecision(ClockAction.WRITE_DENIED, decision.offset_s, event=event)
+
+
+def _not_corrected(meter_id: str, hes_now: datetime, offset: float, why: str) -> Event:
+    return Event(
         meter_id,
         CLOCK_SYNC_REFUSED,
         hes_now,
-        reason=f"meter clock {decision.offset_s:+.0f} s off and the meter refused the correction: {error}",
+        reason=f"meter clock {offset:+.0f} s off: {why}",
         severity="major",
-        details=(("offsetSeconds", f"{decision.offset_s:.0f}"),),
+        details=(("offsetSeconds", f"{offset:.0f}"),),
     )
-    return ClockDecision(ClockAction.WRITE_DENIED, decision.offset_s, event=event)
 
 
 def _in_meter_zone(moment: datetime, meter_time: axdr.DateTime) -> axdr.DateTime:

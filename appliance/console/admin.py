@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
-from pathlib import Path
+from collections.abc import Callable
 
 from appliance.clock import Clock
 from appliance.config import Config
@@ -17,7 +17,9 @@ from appliance.model import epoch
 from appliance.store import open_store
 
 
-def add_console_parser(subcommands: argparse._SubParsersAction, default_config: Path) -> None:
+def add_console_parser(
+    subcommands: argparse._SubParsersAction, add_config: Callable[[argparse.ArgumentParser], None]
+) -> None:
     """Add `console` and `console user ...` to the `hes` subcommands."""
     console = subcommands.add_parser(
         "console",
@@ -25,14 +27,7 @@ def add_console_parser(subcommands: argparse._SubParsersAction, default_config: 
         description="Sign in and run network-gear style commands: show, read, relay, export, config. "
         "Type ? or help inside. `hes console user ...` manages the console's accounts.",
     )
-    console.add_argument(
-        "--config",
-        "-c",
-        action="append",
-        type=Path,
-        metavar="FILE",
-        help=f"config file(s) of the box (default: {default_config})",
-    )
+    add_config(console)
     users = console.add_subparsers(dest="console_command", metavar="ACTION")
     user = users.add_parser("user", help="manage console accounts (as root or hes)")
     actions = user.add_subparsers(dest="user_action", required=True, metavar="ACTION")
