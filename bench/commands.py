@@ -1,15 +1,14 @@
 """Command latency benchmark: from the MDM's request to the asynchronous outcome reply, end to end.
 
-A real daemon, Mosquitto (TLS) and the simulated substation: one DLMS meter with a relay and, for
-the busy case, Modbus meters polled every second on the same bus. The MDM test client alternates
-disconnect and connect requests; each latency runs from its publish to the `created` reply. Printed
-next to it: the wire time of the command's own frames (association, the control-mode read, the action,
-two reads back, release) at the bus's baud, measured once against the same simulated meter.
+A real daemon, Mosquitto (TLS) and the simulated substation on a line paced at 9600 baud (10 bits a
+byte, 20 ms turnaround per answer): one DLMS meter with a relay and, for the busy case, four more
+DLMS meters on the same bus read every second, so that a poll is always on the wire when a command
+arrives. The MDM test client alternates disconnect and connect requests; each latency runs from its
+publish to the `created` reply. Printed next to it: the wire time of the command's own frames
+(association, the control-mode read, the action, two reads back, release) at the bus's baud plus
+one turnaround per request: the physical floor.
 
-The simulated line is a pty and not paced, so the figures are the software's share; on a real
-9600-baud line add the wire time printed (and the meter's turnaround per request).
-
-    python bench/commands.py [--count N]
+    python bench/commands.py [--quick] [--count N]
 
 The last line is one JSON object with the figures.
 """
@@ -32,9 +31,11 @@ from appliance.sim.dlms_meter import SimulatedDlmsBus, parse_meter
 from appliance.sim.mdm import MdmListener, control_payload, request_message
 from appliance.sim.ptys import PtyPair
 from appliance.sim.substation import Substation
+from appliance.sim.wire import CountingPort
 
 DISCONNECT, CONNECT = "3.31.0.23", "3.31.0.18"
 BAUD = 9600
+TURNAROUND_MS = 20.0
 PASSWORD = "bench-pass"  # noqa: S105 (the simulated meter's)
 
 CONFIG = """
@@ -49,8 +50,15 @@ scan_interval_s = 0.05
 relay_max_operations = 100000
 
 [bus_defaults]
-timeout_ms = 300
+timeout_ms = 1000
 retries = 1
+
+# Every DLMS meter's registers every second, nothing else: a bus that is never idle in the busy case.
+[schedules.dlms-generic]
+registers_s = 1
+profile_s = 0
+events_s = 0
+clock_s = 0
 
 [[meters]]
 id = "B-D17"
@@ -64,8 +72,9 @@ keys_file = "{keys}"
 """
 
 BUSY = "".join(
-    f'\n[[meters]]\nid = "B-M{unit}"\nbus = "A"\naddress = {unit}\nmodel = "sdm630"\npoll_interval_s = 1\n'
-    for unit in range(1, 9)
+    f'\n[[meters]]\nid = "B-D{address}"\nbus = "A"\nprotocol = "dlms"\naddress = {address}\n'
+    'model = "dlms-generic"\n'
+    for address in range(18, 22)
 )
 
 
@@ -78,14 +87,14 @@ def wire_time_s(directory: Path) -> float:
         settings = DlmsSettings(
             client=1, logical=1, physical=17, authentication="low", password=PASSWORD.encode()
         )
-        with DlmsSession(port, settings) as session:
+        counting = CountingPort(port)
+        with DlmsSession(counting, settings) as session:
             session.get(CLASS_DISCONNECT_CONTROL, DISCONNECT_CONTROL, 4)
             session.action(CLASS_DISCONNECT_CONTROL, DISCONNECT_CONTROL, 1, axdr.Integer(0))
             session.get(CLASS_DISCONNECT_CONTROL, DISCONNECT_CONTROL, 2)
             session.get(CLASS_DISCONNECT_CONTROL, DISCONNECT_CONTROL, 3)
-        sent, received = session.bytes_on_wire
         port.close()
-    return (sent + received) * 10 / BAUD
+    return counting.bytes * 10 / BAUD + counting.requests * TURNAROUND_MS / 1000
 
 
 def latencies(directory: Path, busy: bool, count: int) -> list[float]:
@@ -96,12 +105,15 @@ def latencies(directory: Path, busy: bool, count: int) -> list[float]:
     config = directory / "hes.toml"
     config.write_text(CONFIG.format(keys=keys) + (BUSY if busy else ""))
     results = []
-    with Substation(directory / "run", config) as station, station.mdm() as mdm:
+    with (
+        Substation(directory / "run", config, pace_turnaround_ms=TURNAROUND_MS) as station,
+        station.mdm() as mdm,
+    ):
         station.start_daemon()
         if not station.wait_for(lambda: b'"online"' in (mdm.status or b""), 20):
             raise SystemExit(f"the daemon did not come up; see {station.log}")
         if busy:  # let the polls fill the bus first
-            station.wait_for(lambda: sum(bool(m.readings) for m in mdm.snapshot()) >= 5, 30)
+            station.wait_for(lambda: sum(bool(m.readings) for m in mdm.snapshot()) >= 4, 60)
         for index in range(count):
             results.append(one_command(mdm, DISCONNECT if index % 2 == 0 else CONNECT))
         station.stop_daemon()
@@ -129,18 +141,33 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=100, help="commands per case (default 100)")
+    parser.add_argument("--quick", action="store_true", help="8 commands per case (under a minute)")
+    parser.add_argument("--count", type=int, help="commands per case (default 40)")
     args = parser.parse_args()
+    args.count = args.count or (8 if args.quick else 40)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "wire").mkdir()
         wire = wire_time_s(root / "wire")
         idle = summary(latencies(root / "idle", False, args.count))
         busy = summary(latencies(root / "busy", True, args.count))
-    print(f"wire time of the command's frames at {BAUD} baud: {wire * 1000:.0f} ms")
-    print(f"idle bus: median {idle['median_ms']} ms, p99 {idle['p99_ms']} ms ({args.count} commands)")
-    print(f"busy bus (8 Modbus meters, 1 s polls): median {busy['median_ms']} ms, p99 {busy['p99_ms']} ms")
-    print(json.dumps({"count": args.count, "wire_ms": round(wire * 1000, 1), "idle": idle, "busy": busy}))
+    floor = wire * 1000
+    print(f"the command's own frames at {BAUD} baud with {TURNAROUND_MS:.0f} ms turnarounds: {floor:.0f} ms")
+    for name, case in (("idle bus", idle), ("busy bus (4 DLMS meters polled every second)", busy)):
+        print(
+            f"{name}: median {case['median_ms']} ms ({case['median_ms'] / floor:.2f} of the wire time), "
+            f"p99 {case['p99_ms']} ms ({args.count} commands)"
+        )
+    figures = {
+        "bench": "commands",
+        "count": args.count,
+        "wire_ms": round(floor, 1),
+        "idle": idle,
+        "busy": busy,
+    }
+    figures |= {"idle_median_over_wire": round(idle["median_ms"] / floor, 3)}
+    figures |= {"busy_median_over_wire": round(busy["median_ms"] / floor, 3)}
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

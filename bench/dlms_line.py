@@ -16,7 +16,6 @@ import argparse
 import json
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,37 +24,9 @@ from appliance.config import BusSpec
 from appliance.hw.rs485 import SerialPort
 from appliance.sim.dlms_meter import SimulatedDlmsBus, parse_meter
 from appliance.sim.ptys import PtyPair
+from appliance.sim.wire import CountingPort
 
 FIRST_ADDRESS = 17
-
-
-class CountingPort:
-    """The real SerialPort, counting requests and bytes both ways for the wire-time limit."""
-
-    def __init__(self, port: SerialPort) -> None:
-        self.port = port
-        self.requests = self.bytes = 0
-
-    @property
-    def is_open(self) -> bool:
-        return self.port.is_open
-
-    def open(self) -> None:
-        self.port.open()
-
-    def close(self) -> None:
-        self.port.close()
-
-    def exchange(self, request: bytes, needed: Callable[[bytes], int], timeout_s: float) -> bytes:
-        answer = self.port.exchange(request, needed, timeout_s)
-        self.requests += 1
-        self.bytes += len(request) + len(answer)
-        return answer
-
-    def receive(self, needed: Callable[[bytes], int], timeout_s: float) -> bytes:
-        answer = self.port.receive(needed, timeout_s)
-        self.bytes += len(answer)
-        return answer
 
 
 def read_meter(port: CountingPort, address: int) -> int:
