@@ -180,6 +180,7 @@ def test_an_untrusted_hes_clock_never_sets_a_meter(tmp_path: Path, pty: PtyPair)
     assert not [e for e in rig.events("D17") if e.event_type == CLOCK_SET]
 
 
+@pytest.mark.slow
 def test_a_command_takes_the_bus_at_the_next_request_boundary(tmp_path: Path, pty: PtyPair) -> None:
     """Five days of profile at 9600 baud take about 15 s; a command waits for one request only."""
     overlay = "[schedules.dlms-generic]\nprofile_s = 900\nevents_s = 0\nclock_s = 0\nregisters_s = 900\n"
