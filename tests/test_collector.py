@@ -267,3 +267,16 @@ def test_hes_discover_scans_a_bus_when_the_daemon_is_stopped(
     assert [json.loads(line)["mrid"] for line in out.splitlines()] == ["A-MB2"]
     assert "discover bus A" in err
     assert main(["discover", "--bus", "C", "--config", str(NO_TLS), "--config", str(config)]) == 1
+
+
+def test_the_daemon_scans_on_its_schedule(tmp_path: Path, pty: PtyPair) -> None:
+    overlay = (
+        "[discovery]\nmodbus_first = 1\nmodbus_last = 3\nhdlc_first = 16\nhdlc_last = 16\ninterval_s = 2\n"
+    )
+    with SimulatedModbusBus(pty.peer, [(1, "sdm630"), (3, "sdm630")]):
+        rig = Rig(tmp_path, pty.device, [meter_spec("M1", 1, "sdm630", 1)], overlay)
+        assert rig.wait(lambda: bool(rig.events("A-MB3")), timeout=15)  # nobody asked
+        assert rig.wait(lambda: len(rig.readings("M1")) >= 4, timeout=10)  # polling goes on
+        rig.halt()
+    assert [e.event_type for e in rig.events("A-MB3")] == ["3.7.0.4"]
+    assert rig.events("A-MB2") == []

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from appliance.clock import Clock
+from appliance.collect.discovery import Discovered, discover_bus
 from appliance.collect.jobs import BusPort, Job, JobPriority, Task
 from appliance.collect.meters import get_model
 from appliance.collect.quality import MeterClock, QualityCheck, clock_steps, model_rules
@@ -104,6 +105,7 @@ class BusWorker(threading.Thread):
         self._meters = {meter.id: meter for meter in meters}
         self._due: dict[tuple[str, Task], datetime] = {}
         self._profile_ok: dict[str, datetime] = {}  # the last poll that read a meter's profile
+        self._next_discovery: float | None = None  # monotonic time of the next scheduled scan
         self.heartbeat = time.monotonic()  # the main loop's watchdog reads this
 
     # -- what other threads call
@@ -177,6 +179,9 @@ class BusWorker(threading.Thread):
                 if not self._jobs.empty():
                     self._run_job(self._jobs.get_nowait(), access)
                     continue
+                if self._discovery_due():
+                    self.submit(self.scan, JobPriority.CATCHUP, "discovery")
+                    continue
                 due = self._next_poll()
                 if due is None:
                     self._wake.wait(IDLE_WAIT_S)
@@ -188,6 +193,24 @@ class BusWorker(threading.Thread):
             self.port.close()
             store.close()
             self._fail_waiting_jobs()
+
+    def _discovery_due(self) -> bool:
+        """Whether the scheduled scan ([discovery] interval_s) is due; the first comes one interval
+        after the start, once the meters have had their first polls."""
+        interval = self.config.discovery.interval_s
+        if not interval:
+            return False
+        now = time.monotonic()
+        if self._next_discovery is None:
+            self._next_discovery = now + interval
+        if now < self._next_discovery:
+            return False
+        self._next_discovery = now + interval
+        return True
+
+    def scan(self, access: BusAccess) -> list[Discovered]:
+        """Discovery on this bus (a job: run it through `submit`, or with the port in hand)."""
+        return discover_bus(access, self.config.discovery, self.housekeeping, self.clock)
 
     def _run_job(self, job: Job, access: BusAccess) -> None:
         if not job.future.set_running_or_notify_cancel():

@@ -15,7 +15,7 @@ from typing import Any
 
 from appliance.clock import Clock
 from appliance.collect.bus import BusAccess, BusWorker
-from appliance.collect.discovery import Discovered, discover_bus
+from appliance.collect.discovery import Discovered
 from appliance.collect.jobs import JobPriority
 from appliance.collect.readers import DlmsReader, ModbusReader
 from appliance.config import Config, MeterSpec
@@ -132,9 +132,7 @@ class Collector:
 
     def discover(self, bus: str) -> Future:
         """Scan bus `bus` for meters nobody registered; the future holds what was found."""
-        return self.submit_bus(
-            bus, lambda access: discover_bus(access, self.config.discovery, self.housekeeping, self.clock)
-        )
+        return self.submit_bus(bus, lambda access: access.worker.scan(access))
 
 
 def discover_standalone(config: Config, bus: str) -> list[Discovered]:
@@ -160,7 +158,7 @@ def discover_standalone(config: Config, bus: str) -> list[Discovered]:
             ModbusReader(worker.port, spec),
             DlmsReader(worker.port, spec, clock, config.meter_time),
         )
-        return discover_bus(access, config.discovery, housekeeping, clock)
+        return worker.scan(access)
     finally:
         worker.port.close()
         store.close()
