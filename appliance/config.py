@@ -139,6 +139,7 @@ class ConsoleSection:
     lockout_s: int
     export_dir: Path
     settings_file: Path
+    audit_retention_days: int
 
 
 @dataclass(frozen=True)
@@ -773,6 +774,7 @@ def _console_checks(config: Config) -> list[tuple[bool, str, str]]:
         (console.idle_timeout_s >= 1, "console.idle_timeout_s", "1 second or more"),
         (console.lockout_attempts >= 1, "console.lockout_attempts", "1 or more"),
         (console.lockout_s >= 1, "console.lockout_s", "1 second or more"),
+        (console.audit_retention_days >= 30, "console.audit_retention_days", "30 days or more"),
     ]
 
 

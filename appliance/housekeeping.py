@@ -19,7 +19,7 @@ from appliance.model import Event, Reading, epoch
 from appliance.store import Store
 from appliance.store.outbox import Priority
 from appliance.store.readings import save_readings
-from appliance.store.retention import drop_oldest_unsent, prune_sent, used_bytes
+from appliance.store.retention import drop_oldest_unsent, prune_audit, prune_sent, used_bytes
 from appliance.uplink.messages import build, enqueue
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,9 @@ class Housekeeping:
             aggregate_due(store, self.config, self.clock.now())
         except StoreError as exc:  # totals are made again next time: nothing is lost by waiting
             log.error("totals not made: %s", exc)
-        before = epoch(self.clock.now()) - self.config.store.retention_days * 86400
+        now = epoch(self.clock.now())
+        prune_audit(store, now - self.config.console.audit_retention_days * 86400)
+        before = now - self.config.store.retention_days * 86400
         while prune_sent(store, CHUNK, before_ts=before) == CHUNK:
             pass
         if used_bytes(store) > HIGH_WATER * self.cap_bytes:

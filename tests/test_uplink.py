@@ -181,9 +181,19 @@ def test_retention_prunes_only_sent_readings_older_than_the_limit(tmp_path: Path
     housekeeping.save(store, recent)
     send_all(store)
     housekeeping.save(store, poll(200, 10))  # old but unsent: must stay
+    now = int(housekeeping.clock.now().timestamp())
+    with store.transaction() as conn:  # the console's audit trail has its own, longer retention
+        for age_days in (10, 399, 401):
+            conn.execute(
+                "INSERT INTO console_audit (ts, user, role, command, outcome)"
+                " VALUES (?, 'tech', 'technician', ?, 'ok')",
+                (now - age_days * 86400, f"show meters ({age_days} days ago)"),
+            )
     housekeeping.sweep(store)
     assert count_readings(store) == 11
     assert backlog(store)["unsent_readings"] == 10
+    kept = [row["command"] for row in store.query("SELECT command FROM console_audit ORDER BY ts")]
+    assert kept == ["show meters (399 days ago)", "show meters (10 days ago)"]
 
 
 def test_a_full_store_drops_sent_data_first_then_unsent_with_an_alarm(tmp_path: Path) -> None:

@@ -33,6 +33,12 @@ def used_bytes(store: Store) -> int:
     return (pages - free) * page_size
 
 
+def prune_audit(store: Store, before_ts: int) -> int:
+    """Delete console audit rows older than `before_ts`; returns how many."""
+    with store.transaction() as conn:
+        return conn.execute("DELETE FROM console_audit WHERE ts < ?", (before_ts,)).rowcount
+
+
 def prune_sent(store: Store, limit: int, before_ts: int | None = None) -> int:
     """Delete up to `limit` of the oldest sent readings (only those older than `before_ts` if given),
     with the acknowledged outbox rows of that age; returns the readings deleted."""
