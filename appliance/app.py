@@ -190,9 +190,8 @@ def supervise(daemon: Daemon) -> int:
 def _tariffs(
     config: Config, collector: Collector, clock: Clock, pump: OutboxPump, stop: threading.Event
 ) -> list[TariffService]:
-    """Costs of new intervals, billing periods and prepay relays: none without [tariffs] meters."""
-    if not config.tariffs.meters:
-        return []
+    """Costs of new intervals, billing periods and prepay relays. It runs without [tariffs] meters too:
+    the MDM may assign tariffs (change UsagePointConfig), and an idle round is a few queries."""
     settings = settings_from_config(config.tariffs)
     relay = relay_through(collector)
     return [TariffService(settings, lambda: open_store(config), clock, relay, pump.notify, stop)]

@@ -16,6 +16,7 @@ TOPIC_MISMATCH = "1.4"  # the topic's verb/noun differ from the Header's
 
 UNKNOWN_METER = "2.4"
 BAD_CONTENT = "2.5"  # an unknown control code, a missing meter list, a bad time range, ...
+UNKNOWN_TARIFF = "2.6"  # UsagePointConfig names a tariff (PricingStructure) the box does not have
 RATE_LIMITED = "2.9"  # too many relay operations for one meter
 
 NOT_AUTHORIZED = "5.1"

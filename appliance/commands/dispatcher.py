@@ -28,7 +28,14 @@ from appliance.collect.collector import Collector
 from appliance.commands import codes, policy
 from appliance.commands.jobs import Outcome, job_for, needs_bus
 from appliance.commands.meter_config import load_key_wrap_key, meter_spec, settings_of
-from appliance.commands.replies import OUTCOME_VERBS, ReplyError, control_results, meter_config, response
+from appliance.commands.replies import (
+    OUTCOME_VERBS,
+    ReplyError,
+    control_results,
+    meter_config,
+    response,
+    usage_point_config,
+)
 from appliance.commands.requests import Envelope, Parsed, Request, parse_request, read_envelope
 from appliance.config import Config
 from appliance.errors import (
@@ -59,7 +66,7 @@ from appliance.store.events import events_of
 from appliance.store.outbox import Priority
 from appliance.store.readings import readings_between
 from appliance.store.registry import ACTIVE, registered_meter
-from appliance.tariff.service import settings_from_config, top_up
+from appliance.tariff.service import assign, settings_from_config, tariff_named, top_up
 from appliance.uplink import cim
 from appliance.uplink.messages import Built, enqueue
 from appliance.uplink.mqtt import InboundMessage, MqttLink
@@ -67,7 +74,7 @@ from appliance.uplink.mqtt import InboundMessage, MqttLink
 log = logging.getLogger(__name__)
 
 WAIT_S = 0.2  # the longest the loop sleeps before it looks at expiries and free buses again
-KINDS = {"control": "relay", "read": "read", "events": "events", "meter_config": "config"}
+KINDS = {"control": "relay", "read": "read", "events": "events", "meter_config": "config", "tariff": "tariff"}
 
 
 @dataclass(frozen=True)
@@ -232,7 +239,7 @@ class CommandDispatcher(threading.Thread):
             log.warning("commands: request %s refused: %s", envelope.message_id[:64], errors[0].reason)
 
     def _new_target(self, store: Store, request: Request, meter_id: str, now: datetime) -> Target:
-        """One meter of a new request: accepted, or refused with why (unknown, rate limit)."""
+        """One meter of a new request: accepted, or refused with why (unknown meter or tariff, rate limit)."""
         kind = {"clock_sync": "clock", "credit": "credit"}.get(request.action) or KINDS[request.operation]
         try:
             if request.operation != "meter_config" and self.collector.meter(meter_id) is None:
@@ -241,9 +248,17 @@ class CommandDispatcher(threading.Thread):
                 )
             if kind == "relay":
                 policy.check_relay_rate(self.config, store, meter_id, epoch(now))
+            if kind == "tariff" and not request.tariff_text:
+                self._known_tariff(request.tariff)
         except RequestRefused as exc:
             return Target(0, meter_id, kind, State.FAILED, exc.code, exc.reason)
         return Target(0, meter_id, kind, State.ACCEPTED)
+
+    def _known_tariff(self, name: str) -> None:
+        try:
+            tariff_named(self.tariffs, name)
+        except TariffError as exc:
+            raise RequestRefused(codes.UNKNOWN_TARIFF, str(exc)) from None
 
     def _journal_refusal(
         self, store: Store, envelope: Envelope, topic: str, refusal: RequestRefused, now: datetime
@@ -317,6 +332,8 @@ class CommandDispatcher(threading.Thread):
                     self._configure(store, command, request, target.meter)
                 elif request.action == "credit":
                     self._credit(store, command, request, target.meter)
+                elif request.operation == "tariff":
+                    self._assign(store, command, request, target.meter)
                 else:
                     self._start(store, command, request, target.meter)
             targets = targets_of(store, command.id)
@@ -415,6 +432,23 @@ class CommandDispatcher(threading.Thread):
         detail = {"balance": str(after.balance), "currency": after.currency, "credited": credited_now}
         self._set(store, command.id, meter_id, State.SUCCEEDED, detail=detail)
 
+    def _assign(self, store: Store, command: Command, request: Request, meter_id: str) -> None:
+        """A new tariff for a meter: stored at once, priced by the tariff thread from its next round."""
+        try:
+            assign(
+                store,
+                self.tariffs,
+                meter_id,
+                request.tariff,
+                request.tariff_text,
+                command.message_id,
+                self.clock.now(),
+            )
+        except TariffError as exc:
+            self._set(store, command.id, meter_id, State.FAILED, codes.BAD_CONTENT, str(exc))
+            return
+        self._set(store, command.id, meter_id, State.SUCCEEDED, detail={"tariff": request.tariff})
+
     def _set(
         self,
         store: Store,
@@ -471,6 +505,9 @@ class CommandDispatcher(threading.Thread):
             payload = meter_config(
                 [(t.meter, (t.detail or {}).get("model", ""), _settings(t.detail)) for t in succeeded]
             )
+            return [self._reply(verb, command.noun, command.correlation_id, result, errors, topic, payload)]
+        if request.operation == "tariff":
+            payload = usage_point_config([(t.meter, (t.detail or {})["tariff"]) for t in succeeded])
             return [self._reply(verb, command.noun, command.correlation_id, result, errors, topic, payload)]
         if request.operation == "events":
             events = [

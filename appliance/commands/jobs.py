@@ -122,8 +122,16 @@ def clock_sync(access: BusAccess, meter: MeterSpec) -> Outcome:
     detail = {"clockOffsetSeconds": f"{decision.offset_s:.1f}", "clockAction": decision.action.value}
     if decision.action in (ClockAction.NONE, ClockAction.SET):
         return Outcome(True, detail)
-    why = "the HES clock is not trusted" if decision.action is ClockAction.UNTRUSTED else "too far off"
-    return Outcome(False, detail, codes.DEVICE_REFUSED, f"meter {meter.id}: clock not corrected: {why}")
+    if decision.action is ClockAction.WRITE_DENIED:
+        refused = f"meter {meter.id}: the meter refused the new time"
+        return Outcome(False, detail, codes.DEVICE_REFUSED, refused)
+    # The HES declined, not the meter: its own clock is not trusted, or the offset needs a human.
+    why = (
+        "the HES clock is not trusted (no GPS lock)"
+        if decision.action is ClockAction.UNTRUSTED
+        else "too far off to correct without a human"
+    )
+    return Outcome(False, detail, codes.FAILED, f"meter {meter.id}: clock not corrected: {why}")
 
 
 def read_now(access: BusAccess, meter: MeterSpec, clock: Clock) -> Outcome:

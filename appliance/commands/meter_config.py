@@ -30,6 +30,11 @@ INTEGER_SETTINGS = {
     "pollIntervalSeconds": "poll_interval_s",
 }
 TEXT_SETTINGS = {"bus": "bus", "auth": "auth"}
+# The secrets each DLMS authentication needs in the meter's keys file (as config.py checks [[meters]]).
+NEEDED_KEYS = {
+    "low": frozenset({"password"}),
+    "hls-gmac": frozenset({"system_title", "encryption_key", "authentication_key"}),
+}
 
 
 def settings_of(meter: MeterSpec) -> dict[str, str]:
@@ -81,13 +86,21 @@ def meter_spec(entry: MeterEntry, config: Config, key_wrap_key: bytes | None, ke
         raise RequestRefused(codes.BAD_CONTENT, f"meter {entry.mrid}: address must be {low}-{high}")
     if fields["auth"] not in DLMS_AUTH or (model.protocol is Protocol.MODBUS and fields["auth"] != "none"):
         raise RequestRefused(codes.BAD_CONTENT, f"meter {entry.mrid}: auth must be one of {list(DLMS_AUTH)}")
-    keys_file = _write_keys(entry, key_wrap_key, keys_dir) if entry.wrapped_keys else None
-    if fields["auth"] != "none" and keys_file is None:
+    auth = str(fields["auth"])
+    keys_file = None
+    if entry.wrapped_keys:
+        _require_keys(entry.mrid, auth, set(entry.wrapped_keys))  # before anything is written
+        keys_file = _write_keys(entry, key_wrap_key, keys_dir)
+    elif auth in NEEDED_KEYS:
         existing = keys_dir / f"{entry.mrid}.toml"
         if not existing.is_file():
             raise RequestRefused(
                 codes.BAD_CONTENT, f"meter {entry.mrid}: auth {fields['auth']} needs SecurityKeys"
             )
+        try:
+            _require_keys(entry.mrid, auth, set(read_meter_secrets(existing)))
+        except ValueError as exc:
+            raise RequestRefused(codes.BAD_CONTENT, f"meter {entry.mrid}: stored keys {exc}") from None
         keys_file = existing
     return MeterSpec(
         id=entry.mrid,
@@ -120,6 +133,13 @@ def _fields(entry: MeterEntry) -> dict[str, object]:
         elif name in TEXT_SETTINGS:
             fields[TEXT_SETTINGS[name]] = value
     return fields
+
+
+def _require_keys(mrid: str, auth: str, present: set[str]) -> None:
+    """A meter registered without the keys its auth needs would only fail at every poll."""
+    missing = NEEDED_KEYS.get(auth, frozenset()) - present
+    if missing:
+        raise RequestRefused(codes.BAD_CONTENT, f"meter {mrid}: auth {auth} needs {sorted(missing)}")
 
 
 def _write_keys(entry: MeterEntry, key_wrap_key: bytes | None, keys_dir: Path) -> Path:

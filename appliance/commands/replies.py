@@ -119,3 +119,15 @@ def meter_config(meters: Sequence[tuple[str, str, dict[str, str]]]) -> etree._El
                 _sub(attribute, ns, "name", name)
                 _sub(attribute, ns, "value", value)
     return root
+
+
+def usage_point_config(assignments: Sequence[tuple[str, str]]) -> etree._Element:
+    """A UsagePointConfig payload: per meter (Equipments) the tariff that prices it now
+    (PricingStructures)."""
+    ns = cim.noun_namespace("UsagePointConfig")
+    root = etree.Element(f"{{{ns}}}UsagePointConfig", nsmap={None: ns})
+    for meter, tariff in assignments:
+        point = _sub(root, ns, "UsagePoint")
+        _sub(_sub(point, ns, "Equipments"), ns, "mRID", meter)
+        _sub(_sub(point, ns, "PricingStructures"), ns, "mRID", tariff)
+    return root

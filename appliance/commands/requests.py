@@ -1,7 +1,8 @@
 """MDM requests (IEC 61968-100 RequestMessage) into plain `Request` objects. Pure: bytes in, objects out.
 
 Served: `create EndDeviceControls` (relay and clock, by the configured code table), `get MeterReadings`,
-`create|change|delete MeterConfig`, `get EndDeviceEvents`. Anything hostile or not understood raises
+`create|change|delete MeterConfig`, `get EndDeviceEvents`, `change UsagePointConfig` (a meter's
+tariff). Anything hostile or not understood raises
 `RequestRefused` with the Reply Error code it gets; the XML goes through `cim.parse_xml` (size limit,
 no DTD, no entities, no network).
 """
@@ -29,6 +30,7 @@ SERVED = {
     ("change", "MeterConfig"),
     ("delete", "MeterConfig"),
     ("get", "EndDeviceEvents"),
+    ("change", "UsagePointConfig"),
 }
 MAX_METERS = 1000  # per request: a bigger list is refused rather than journalled
 
@@ -62,8 +64,8 @@ class MeterEntry:
 class Request:
     """What a request asks, in a form the journal keeps as JSON.
 
-    operation: control (action: disconnect, connect, arm, clock_sync), read, events, meter_config
-    (action: create, change, delete).
+    operation: control (action: disconnect, connect, arm, clock_sync, credit), read, events,
+    meter_config (action: create, change, delete), tariff (the meters' new tariff).
     """
 
     operation: str
@@ -76,6 +78,8 @@ class Request:
     entries: tuple[MeterEntry, ...] = ()
     amount: str = ""  # a prepay top-up (action credit): exact decimal and ISO 4217 currency
     currency: str = ""
+    tariff: str = ""  # a tariff assignment: the tariff's name, and its TOML file if the MDM sent one
+    tariff_text: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """For the journal."""
@@ -165,6 +169,8 @@ def parse_request(
         request = _readings(root, received)
     elif envelope.noun == "EndDeviceEvents":
         request = _events(root, received)
+    elif envelope.noun == "UsagePointConfig":
+        request = _usage_point_config(root)
     else:
         request = _meter_config(root, envelope.verb)
     if not request.meters:
@@ -351,3 +357,42 @@ def _meter_config(root: etree._Element, verb: str) -> Request:
             raise RequestRefused(codes.BAD_CONTENT, f"meter {mrid}: Meter/type (the meter model) is required")
         entries.append(MeterEntry(mrid, model, settings, keys))
     return Request("meter_config", tuple(e.mrid for e in entries), action=verb, entries=tuple(entries))
+
+
+_CUSTOM_ATTRIBUTES_NS = "http://connexo.elster.com/2017/schema/customattributes"
+
+
+def _usage_point_config(root: etree._Element) -> Request:
+    """A tariff assignment: per UsagePoint the meter (Equipments: the schema has no EndDevices there)
+    and the tariff (PricingStructures mRID, or its first name); one tariff per request. The tariff file
+    itself may come along: CustomAttributeSet id "tariff", Attribute "toml"."""
+    ns = cim.noun_namespace("UsagePointConfig")
+    meters: list[str] = []
+    names: set[str] = set()
+    texts: set[str] = set()
+    for point in _payload(root, "UsagePointConfig").findall(f"{{{ns}}}UsagePoint"):
+        meter = point.find(f"{{{ns}}}Equipments")
+        pricing = point.find(f"{{{ns}}}PricingStructures")
+        if meter is None or pricing is None:
+            raise RequestRefused(
+                codes.BAD_CONTENT,
+                "a UsagePoint needs Equipments (the meter) and PricingStructures (the tariff)",
+            )
+        meters += [m for m in _device_ids([meter], ns) if m not in meters]
+        names.update(_device_ids([pricing], ns))
+        for attributes in point.iterfind(f"{{{ns}}}CustomAttributeSet"):
+            if _child_text(attributes, _CUSTOM_ATTRIBUTES_NS, "id") == "tariff":
+                texts.update(
+                    (a.findtext(f"{{{_CUSTOM_ATTRIBUTES_NS}}}value") or "")
+                    for a in attributes.iterfind(f"{{{_CUSTOM_ATTRIBUTES_NS}}}Attribute")
+                    if _child_text(a, _CUSTOM_ATTRIBUTES_NS, "name") == "toml"
+                )
+    if len(names) > 1 or len(texts) > 1:
+        raise RequestRefused(codes.BAD_CONTENT, f"one tariff per request, got {sorted(names)[:5]}")
+    return Request(
+        "tariff",
+        tuple(meters),
+        action="change",
+        tariff=next(iter(names), ""),
+        tariff_text=next(iter(texts), ""),
+    )

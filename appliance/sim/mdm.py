@@ -7,6 +7,7 @@ duplicates the way an MDM would: by MessageID.
 
 from __future__ import annotations
 
+import base64
 import ssl
 import threading
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import paho.mqtt.client as paho
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 from lxml import etree
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -322,8 +324,20 @@ def get_events(meters: list[str], start: datetime | None = None) -> etree._Eleme
     return root
 
 
-def meter_config_payload(meters: list[tuple[str, str, dict[str, str]]]) -> etree._Element:
-    """MeterConfig: (mRID, model, ConnectionAttributes) per meter; model "" for a delete."""
+SECURITY_KEYS_NS = "http://connexo.elster.com/2018/schema/securitykeys"
+XMLENC_NS = "http://www.w3.org/2001/04/xmlenc#"
+
+
+def wrap_key(key_wrap_key: bytes, secret: bytes) -> str:
+    """A meter key as the MDM sends it: AES key wrap with padding (RFC 5649), base64."""
+    return base64.b64encode(aes_key_wrap_with_padding(key_wrap_key, secret)).decode()
+
+
+def meter_config_payload(
+    meters: list[tuple[str, str, dict[str, str]]], security_keys: dict[str, dict[str, str]] | None = None
+) -> etree._Element:
+    """MeterConfig: (mRID, model, ConnectionAttributes) per meter; model "" for a delete.
+    `security_keys`: per mRID, accessor name -> wrapped key (`wrap_key`), in Connexo's SecurityKeys."""
     ns = cim.noun_namespace("MeterConfig")
     root = _el(None, ns, "MeterConfig")
     for mrid, model, settings in meters:
@@ -337,4 +351,33 @@ def meter_config_payload(meters: list[tuple[str, str, dict[str, str]]]) -> etree
                 attribute = _el(attributes, ns, "Attribute")
                 _el(attribute, ns, "name", name)
                 _el(attribute, ns, "value", value)
+        wrapped = (security_keys or {}).get(mrid)
+        if wrapped:
+            container = _el(meter, ns, "SecurityKeys")
+            for name, cipher_value in wrapped.items():
+                key = _el(container, SECURITY_KEYS_NS, "securityKey")
+                _el(key, SECURITY_KEYS_NS, "securityAccessorName", name)
+                cipher_data = _el(_el(key, SECURITY_KEYS_NS, "securityAccessorKey"), XMLENC_NS, "CipherData")
+                _el(cipher_data, XMLENC_NS, "CipherValue", cipher_value)
+    return root
+
+
+CUSTOM_ATTRIBUTES_NS = "http://connexo.elster.com/2017/schema/customattributes"
+
+
+def usage_point_config_payload(meters: list[str], tariff: str, tariff_toml: str = "") -> etree._Element:
+    """UsagePointConfig: each meter (Equipments) priced by `tariff` (PricingStructures); with
+    `tariff_toml` the tariff file itself comes along (CustomAttributeSet "tariff", Attribute "toml")."""
+    ns = cim.noun_namespace("UsagePointConfig")
+    root = _el(None, ns, "UsagePointConfig")
+    for meter in meters:
+        point = _el(root, ns, "UsagePoint")
+        _el(_el(point, ns, "Equipments"), ns, "mRID", meter)
+        _el(_el(point, ns, "PricingStructures"), ns, "mRID", tariff)
+        if tariff_toml:
+            attributes = _el(point, ns, "CustomAttributeSet")
+            _el(attributes, CUSTOM_ATTRIBUTES_NS, "id", "tariff")
+            attribute = _el(attributes, CUSTOM_ATTRIBUTES_NS, "Attribute")
+            _el(attribute, CUSTOM_ATTRIBUTES_NS, "name", "toml")
+            _el(attribute, CUSTOM_ATTRIBUTES_NS, "value", tariff_toml)
     return root

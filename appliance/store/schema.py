@@ -312,4 +312,15 @@ MIGRATIONS: list[list[str]] = [
             UNIQUE (meter, kind, reference)
         )""",
     ],
+    # Tariffs the MDM assigned (change UsagePointConfig), by meter mRID: they win over [tariffs]
+    # meters. `seq` grows with every assignment, so the tariff thread sees that something changed.
+    [
+        """CREATE TABLE tariff_assignments (
+            meter TEXT PRIMARY KEY,
+            tariff TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            assigned_at INTEGER NOT NULL,
+            reference TEXT NOT NULL
+        ) WITHOUT ROWID""",
+    ],
 ]

@@ -287,3 +287,24 @@ def accounts(store: Store) -> list[Account]:
     """Every prepay account."""
     meters = [row[0] for row in store.conn.execute("SELECT meter FROM prepay_accounts ORDER BY meter")]
     return [a for a in (account(store, mrid) for mrid in meters) if a is not None]
+
+
+# -- assignments from the MDM
+
+
+def assign_tariff(conn: sqlite3.Connection, mrid: str, tariff: str, now: int, reference: str) -> None:
+    """Inside a caller's transaction: from now on `mrid` is priced by `tariff` (the MDM's MessageID
+    as the reference), over [tariffs] meters."""
+    conn.execute(
+        """INSERT INTO tariff_assignments (meter, tariff, seq, assigned_at, reference)
+           VALUES (?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM tariff_assignments), ?, ?)
+           ON CONFLICT (meter) DO UPDATE SET tariff = excluded.tariff, seq = excluded.seq,
+             assigned_at = excluded.assigned_at, reference = excluded.reference""",
+        (mrid, tariff, now, reference),
+    )
+
+
+def tariff_assignments(store: Store) -> tuple[int, dict[str, str]]:
+    """(a number that grows with every assignment, meter mRID -> tariff name)."""
+    rows = store.conn.execute("SELECT meter, tariff, seq FROM tariff_assignments ORDER BY meter").fetchall()
+    return max((seq for *_, seq in rows), default=0), {meter: tariff for meter, tariff, _ in rows}

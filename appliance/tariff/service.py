@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 from itertools import groupby
+from pathlib import Path
 
 from appliance.clock import Clock
 from appliance.collect.collector import Collector
@@ -33,7 +34,7 @@ from appliance.store.readings import insert_readings
 from appliance.tariff import prepay
 from appliance.tariff.apportion import apportion, energy_of
 from appliance.tariff.billing import Bill, Determinants, Interval, make_bill, max_demand
-from appliance.tariff.loader import load_tariffs
+from appliance.tariff.loader import install_tariff, load_tariffs, parse_tariff
 from appliance.tariff.model import EXACT, Tariff
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Settings:
     gap_wait_s: int
     close_grace_s: int
     relay_retry_s: float
+    directory: Path | None = None  # where tariffs the MDM names or sends are found and installed
 
 
 def settings_from_config(section: TariffsSection) -> Settings:
@@ -74,7 +76,62 @@ def settings_from_config(section: TariffsSection) -> Settings:
         gap_wait_s=section.gap_wait_s,
         close_grace_s=section.close_grace_s,
         relay_retry_s=section.relay_retry_s,
+        directory=section.dir,
     )
+
+
+# -- assignments
+
+
+def tariff_named(settings: Settings, name: str) -> Tariff:
+    """A tariff by name: one loaded at start, else one in the tariff directory now (installed since).
+    TariffError when there is none."""
+    if name in settings.tariffs:
+        return settings.tariffs[name]
+    known = load_tariffs(settings.directory) if settings.directory else {}
+    if name not in known:
+        raise TariffError(f"no tariff {name[:64]!r} on this box; known: {sorted(known)}")
+    return known[name]
+
+
+def assign(
+    store: Store, settings: Settings, mrid: str, name: str, text: str, reference: str, now: datetime
+) -> Tariff:
+    """The MDM prices `mrid` by tariff `name` from now on (`text`: the tariff file it sent, installed
+    first). Stored, so it survives restarts and wins over [tariffs] meters; the tariff thread picks it
+    up on its next round. TariffError for an unknown or invalid tariff, or one in another currency
+    than the meter's prepay account."""
+    if text:
+        if settings.directory is None:
+            raise TariffError("no tariff directory to install a tariff in")
+        tariff = parse_tariff(text, name, settings.directory / "calendars")
+    else:
+        tariff = tariff_named(settings, name)
+    account = ledger.account(store, mrid)
+    if account is not None and account.currency != tariff.currency:
+        raise TariffError(
+            f"meter {mrid}: its prepay account is in {account.currency}, {name} in {tariff.currency}"
+        )
+    if text and settings.directory is not None:
+        install_tariff(settings.directory, name, text)
+    with store.transaction() as conn:
+        ledger.assign_tariff(conn, mrid, name, epoch(now), reference)
+    log.info("tariffs: meter %s is priced by %s from now on (%s)", mrid, name, reference[:64])
+    return tariff
+
+
+def assigned(store: Store, settings: Settings) -> Settings:
+    """`settings` with the MDM's assignments over [tariffs] meters (tariffs reloaded from the
+    directory, for those installed or replaced since the start)."""
+    _, stored = ledger.tariff_assignments(store)
+    if not stored:
+        return settings
+    tariffs = {**settings.tariffs, **(load_tariffs(settings.directory) if settings.directory else {})}
+    for mrid, name in list(stored.items()):
+        if name not in tariffs:  # its file was removed by hand: [tariffs] meters apply
+            log.warning("tariffs: meter %s is assigned %s, not in %s", mrid, name, settings.directory)
+            del stored[mrid]
+    return replace(settings, tariffs=tariffs, meters={**settings.meters, **stored})
 
 
 def plain(amount: Decimal) -> Decimal:
@@ -224,7 +281,7 @@ def top_up(
     meter has no prepay account or the currency is not the account's."""
     if mrid not in settings.prepay:
         raise TariffError(f"meter {mrid} has no prepay account")
-    tariff = settings.tariffs[settings.meters[mrid]]
+    tariff = tariff_named(settings, ledger.tariff_assignments(store)[1].get(mrid) or settings.meters[mrid])
     if currency != tariff.currency:
         raise TariffError(f"meter {mrid}: top-up in {currency[:8]!r}, the account is in {tariff.currency}")
     if amount <= 0 or not amount.is_finite():
@@ -386,6 +443,8 @@ class TariffService(threading.Thread):
     ) -> None:
         super().__init__(name="tariffs", daemon=True)
         self.settings, self.clock, self._relay = settings, clock, relay
+        self._configured = settings  # [tariffs] as configured; `settings` adds the MDM's assignments
+        self._assignments_seen: int | None = None
         self._store_factory, self._on_new, self._halt = store_factory, on_new_readings, stop
         self.heartbeat = time.monotonic()
         self._inflight: dict[str, tuple[str, Future]] = {}
@@ -395,7 +454,6 @@ class TariffService(threading.Thread):
         """Work until told to stop; a failed round is logged and the next one tries again."""
         store = self._store_factory()
         try:
-            self.watch_meters(store)
             while not self._halt.is_set():
                 self.heartbeat = time.monotonic()
                 try:
@@ -419,7 +477,12 @@ class TariffService(threading.Thread):
         ledger.watch_series(store, series)
 
     def step(self, store: Store) -> None:
-        """One round: apportion, close billing periods, move relays."""
+        """One round: take up new assignments, apportion, close billing periods, move relays."""
+        seen, _ = ledger.tariff_assignments(store)
+        if seen != self._assignments_seen:
+            self.settings = assigned(store, self._configured)
+            self._assignments_seen = seen
+            self.watch_meters(store)
         now = self.clock.now()
         if apportion_pending(store, self.settings, now) + close_billing_periods(store, self.settings, now):
             self._on_new()
