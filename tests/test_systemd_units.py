@@ -178,15 +178,16 @@ def test_hes_service_matches_the_daemon_and_the_template() -> None:
     assert 5 <= int(watchdog.removesuffix("s")) <= 120  # app.py feeds it every WatchdogSec/2
 
     # The command line is one the real `hes` parser accepts.
+    # (The template is read as TOML: loading it as a config wants the box's TLS files.)
+    with template_path().open("rb") as handle:
+        template = tomllib.load(handle)
     (command,) = unit_values(text, "ExecStart")
     args = cli._parser().parse_args(command.split()[1:])
     assert args.command == "run"
-    assert [str(p) for p in args.config] == ["/etc/hes/hes.toml"]
+    # The box's config, then the technician's settings file that the console's `config set` writes.
+    assert [str(p) for p in args.config] == ["/etc/hes/hes.toml", template["console"]["settings_file"]]
 
     # The store directory of the template is the one writable path, and the template's buses are allowed.
-    # (Read as TOML: loading it as a config wants the box's TLS files.)
-    with template_path().open("rb") as handle:
-        template = tomllib.load(handle)
     assert template["hes"]["data_dir"] in unit_values(text, "ReadWritePaths")
     allowed = {v.split()[0] for v in unit_values(text, "DeviceAllow")}
     for bus in template["buses"].values():
@@ -519,6 +520,11 @@ def test_sysusers_then_tmpfiles_on_a_fresh_root(tmp_path: Path) -> None:
     for path in ("data/hes", "run/hes"):
         info = (root / path).stat()
         assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (950, 950, 0o750), path
+    # The technician's settings exist from the first boot (hes.service names them), empty, and the
+    # daemon's to write.
+    settings = root / "data/hes/local.toml"
+    info = settings.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777, info.st_size) == (950, 950, 0o640, 0)
 
 
 def test_sysusers_and_tmpfiles_reject_what_they_cannot_apply(tmp_path: Path) -> None:

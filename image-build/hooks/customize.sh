@@ -43,6 +43,12 @@ for script in hes-firstboot hes-growdata hes-netgen hes-slot-boot; do
 	put 755 "$HERE/bin/$script" "/usr/lib/hes/$script"
 done
 chroot "$ROOT" systemd-sysusers
+# The technician's account on the serial console: its login shell is `hes console`, which asks for
+# the console's own credentials (roles, lockout, audit). No OS password: the serial port needs the
+# cabinet key, and the account can do nothing but the console.
+chroot "$ROOT" useradd --no-create-home --home-dir / --groups hes --shell /opt/hes/venv/bin/hes-console tech
+chroot "$ROOT" passwd --delete tech >/dev/null
+grep -qx /opt/hes/venv/bin/hes-console "$ROOT/etc/shells" || echo /opt/hes/venv/bin/hes-console >>"$ROOT/etc/shells"
 systemctl --root="$ROOT" enable hes.service hes-growdata.service hes-firstboot.service hes-netgen.service \
 	hes-mark-good.service systemd-networkd.service nftables.service gpsd.service chrony.service
 # Nothing may change the read-only root behind RAUC's back.
