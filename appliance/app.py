@@ -24,6 +24,7 @@ from appliance.collect.collector import Collector
 from appliance.collect.listener import DlmsListener
 from appliance.commands.dispatcher import CommandDispatcher
 from appliance.config import Config
+from appliance.console.accounts import import_accounts, provisioned_file
 from appliance.control import EXIT_RESTART, ControlServer, DaemonHandlers
 from appliance.errors import HesError, StoreError
 from appliance.housekeeping import Housekeeping
@@ -127,6 +128,8 @@ def run(config: Config) -> int:
     clock = Clock(config.clock)
     store = open_store(config)
     register_config_meters(store, config.meters, epoch(clock.now()))
+    # The first console accounts of a fresh box, from the card (hes-firstboot copied hes/console-users).
+    import_accounts(store, provisioned_file(config), epoch(clock.now()))
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

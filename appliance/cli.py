@@ -154,7 +154,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": lambda args: run(load_config(*args.config)),
     "config": _config_check,
     "status": lambda args: _status(_box(args), args.json),
-    "console": lambda args: run_console_command(_box(args), args),
+    "console": lambda args: run_console_command(args, lambda: _box(args)),
     "export": lambda args: _export_billing(_box(args), args.period, args.out),
     "probe": run_probe,
     "decode": _decode,

@@ -411,6 +411,25 @@ def test_firstboot_makes_its_own_key_and_takes_the_certificate_later(tmp_path: P
     assert not (boot / "hes/device.csr").exists()
 
 
+def test_firstboot_takes_the_console_accounts_off_the_card(tmp_path: Path) -> None:
+    tool("openssl", "openssl")
+    boot, data = tmp_path / "boot", tmp_path / "data"
+    (boot / "hes").mkdir(parents=True)
+    data.mkdir()
+    (boot / "hes/console-users").write_text("tech technician scrypt$16384$8$1$c2FsdA==$a2V5\n")
+    result = firstboot(boot, data)
+    assert result.returncode == 0, result.stderr
+    installed = data / "etc/hes/console-users"
+    assert installed.read_text() == "tech technician scrypt$16384$8$1$c2FsdA==$a2V5\n"
+    assert mode(installed) == 0o600 and installed.stat().st_uid == os.getuid()
+    assert not (boot / "hes/console-users").exists()
+    assert "scrypt" not in result.stdout + result.stderr
+    # A later card's file replaces it (the daemon never overwrites accounts that exist).
+    (boot / "hes/console-users").write_text("anna admin scrypt$16384$8$1$c2FsdA==$a2V5\n")
+    assert firstboot(boot, data).returncode == 0
+    assert installed.read_text().startswith("anna admin ")
+
+
 def test_firstboot_refuses_a_bad_identity(tmp_path: Path) -> None:
     boot, data = tmp_path / "boot", tmp_path / "data"
     (boot / "hes").mkdir(parents=True)

@@ -11,12 +11,17 @@ import base64
 import functools
 import hashlib
 import hmac
+import logging
 import os
 from dataclasses import dataclass
 from enum import IntEnum
+from pathlib import Path
 
+from appliance.config import Config
 from appliance.errors import AccessDenied, HesError
 from appliance.store.db import Store
+
+log = logging.getLogger(__name__)
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1  # 16 MiB and ~0.1 s on a Pi 4: slow for guessing
 MIN_PASSWORD = 8
@@ -84,6 +89,21 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+def check_hash(stored: str) -> str:
+    """A hash line as `hes console user hash` prints it, with parameters this box can compute."""
+    try:
+        scheme, n, r, p, salt, key = stored.split("$")
+        n_, r_, p_ = int(n), int(r), int(p)
+        salt_bytes = base64.b64decode(salt, validate=True)
+        key_bytes = base64.b64decode(key, validate=True)
+    except ValueError:
+        raise HesError("not a hash of `hes console user hash` (scrypt$n$r$p$salt$key)") from None
+    sane = n_ > 1 and n_ & (n_ - 1) == 0 and r_ >= 1 and p_ >= 1 and 128 * n_ * r_ <= 64 * 2**20
+    if scheme != "scrypt" or not sane or len(salt_bytes) < 8 or len(key_bytes) != 32:
+        raise HesError("not a hash of `hes console user hash` (scrypt, n a power of 2, 32-byte key)")
+    return stored
+
+
 def check_name(name: str) -> str:
     """A console account name: lower-case letters, digits, '.', '_' and '-', at most 32."""
     if not name or len(name) > 32 or not set(name) <= NAME_CHARS:
@@ -109,6 +129,61 @@ def add_user(store: Store, name: str, role: Role, password: str | None, now: int
             " VALUES (?, ?, ?, ?, ?)",
             (name, role.label, password_hash, now, now),
         )
+
+
+def provisioned_file(config: Config) -> Path | None:
+    """Where hes-firstboot puts the card's hes/console-users: beside the box's config (/etc/hes)."""
+    return config.sources[0].parent / "console-users" if config.sources else None
+
+
+def import_accounts(store: Store, path: Path | None, now: int) -> list[str]:
+    """Create the accounts of a `NAME ROLE HASH` file that do not exist yet; returns their names.
+
+    The first console accounts of a fresh box come this way (nobody can sign in to add them). Existing
+    accounts are never changed, so importing the same file at every start is harmless. A bad line is
+    refused with one error naming it, never its hash; the good lines still count.
+    """
+    if path is None or not path.exists():
+        return []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        log.error("console accounts file %s cannot be read: %s", path, exc)
+        return []
+    created = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            name, role, password_hash = _account_line(line)
+        except HesError as exc:
+            log.error("%s:%d refused: %s", path, number, exc)
+            continue
+        with store.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO console_users (name, role, password_hash, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                (name, role.label, password_hash, now, now),
+            )
+        if cursor.rowcount:
+            log.info("console account %s (%s) created from %s", name, role.label, path)
+            created.append(name)
+    return created
+
+
+def _account_line(line: str) -> tuple[str, Role, str]:
+    """NAME ROLE HASH; the errors never echo a field, which may be a hash in the wrong place."""
+    fields = line.split()
+    if len(fields) != 3:
+        raise HesError(f"expected NAME ROLE HASH, found {len(fields)} fields")
+    name, role, password_hash = fields
+    try:
+        check_name(name)
+    except HesError:
+        raise HesError("the name may use a-z, 0-9, '.', '_' or '-', at most 32 characters") from None
+    if role.upper() not in Role.__members__:
+        raise HesError(f"the role is one of {', '.join(r.label for r in Role)}")
+    return name, Role[role.upper()], check_hash(password_hash)
 
 
 def set_password(store: Store, name: str, password: str, now: int) -> None:

@@ -1,10 +1,12 @@
 """`hes console` and `hes console user add|passwd|del|list`: the shell, and its accounts for an
-administrator on the box (root, or hes: they write the store directly, the daemon running or not)."""
+administrator on the box (root, or hes: they write the store directly, the daemon running or not).
+`hes console user hash` needs no box: it makes the hash lines of a card's hes/console-users."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import sys
 from collections.abc import Callable
 
 from appliance.clock import Clock
@@ -40,13 +42,23 @@ def add_console_parser(
     actions.add_parser("passwd", help="set a new password (also lifts a lockout)").add_argument("name")
     actions.add_parser("del", help="remove an account (its audit entries stay)").add_argument("name")
     actions.add_parser("list", help="list the accounts")
+    actions.add_parser(
+        "hash",
+        help="print the scrypt hash of a password (asks twice; reads two lines when not a terminal)",
+        description="For a card's hes/console-users (NAME ROLE HASH lines): prepare accounts on a "
+        "laptop without a clear password on the card. Needs no config.",
+    )
 
 
-def run_console_command(config: Config, args: argparse.Namespace) -> int:
-    """Run `hes console` or one of its `user` actions; returns the exit code."""
+def run_console_command(args: argparse.Namespace, box: Callable[[], Config]) -> int:
+    """Run `hes console` or one of its `user` actions; returns the exit code. `box` loads the box's
+    config, which `user hash` does not need (it runs on a laptop)."""
     if args.console_command != "user":
-        return run_console(config)
-    store = open_store(config)
+        return run_console(box())
+    if args.user_action == "hash":
+        print(accounts.hash_password(_new_password()))
+        return 0
+    store = open_store(box())
     try:
         now = epoch(Clock().now())
         if args.user_action == "add":
@@ -71,7 +83,16 @@ def run_console_command(config: Config, args: argparse.Namespace) -> int:
 
 
 def _new_password() -> str:
-    password = accounts.check_new_password(getpass.getpass("new password: "))
-    if getpass.getpass("again: ") != password:
+    """Asked twice on a terminal; from a pipe, the first two lines (so scripts can make hashes)."""
+    ask = getpass.getpass if sys.stdin.isatty() else _read_line
+    password = accounts.check_new_password(ask("new password: "))
+    if ask("again: ") != password:
         raise HesError("the passwords differ; nothing changed")
     return password
+
+
+def _read_line(prompt: str) -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise HesError(f"no input for {prompt.rstrip(': ')!r}")
+    return line.rstrip("\r\n")
