@@ -14,7 +14,7 @@ from appliance.clock import Clock
 from appliance.collect.collector import discover_standalone
 from appliance.collect.dlms.probe import add_probe_parser, run_probe
 from appliance.collect.listener import listener_port_taken
-from appliance.config import Config, load_config
+from appliance.config import Config, load_config, missing_credentials
 from appliance.console.admin import add_console_parser, run_console_command
 from appliance.control import ControlClient
 from appliance.errors import ConfigError, DaemonUnavailable, HesError
@@ -124,8 +124,9 @@ def _box(args: argparse.Namespace) -> Config:
 
 def _config_check(args: argparse.Namespace) -> int:
     config = load_config(*args.files)
-    if (taken := listener_port_taken(config.listener)) is not None:
-        print(f"hes: warning: {taken}", file=sys.stderr)
+    for warning in (listener_port_taken(config.listener), missing_credentials(config)):
+        if warning is not None:
+            print(f"hes: warning: {warning}", file=sys.stderr)
     print(f"ok: {len(config.meters)} meters on buses {', '.join(sorted(config.buses))}")
     return 0
 

@@ -565,12 +565,6 @@ class _Loader:
                 "1 second or more",
             ),
         ]
-        if config.mqtt.tls:
-            for name in ("ca_file", "cert_file", "key_file"):
-                path = getattr(config.mqtt, name)
-                checks.append(
-                    (path.is_file(), f"mqtt.{name}", f"a readable file (tls = true); {path} is not")
-                )
         if config.mqtt.password_file is not None:
             checks.append(
                 (config.mqtt.password_file.is_file(), "mqtt.password_file", 'a readable file or ""')
@@ -803,6 +797,18 @@ def _commands_checks(config: Config) -> list[tuple[bool, str, str]]:
             (commands.key_wrap_file.is_file(), "commands.key_wrap_file", 'a readable file or ""')
         )
     return checks
+
+
+def missing_credentials(config: Config) -> str | None:
+    """The broker's TLS file this box still lacks, or None. Not a config error: a fresh box collects
+    and keeps its readings while its certificate is being signed; the uplink waits for the files."""
+    if not config.mqtt.tls:
+        return None
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(config.mqtt, name)
+        if not path.is_file():
+            return f"mqtt.{name}: {path} is missing (tls = true)"
+    return None
 
 
 DLMS_AUTH = ("none", "low", "hls-gmac")

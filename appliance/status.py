@@ -13,7 +13,7 @@ from typing import Any
 
 from appliance import __version__
 from appliance.clock import Clock
-from appliance.config import Config
+from appliance.config import Config, missing_credentials
 from appliance.model import epoch, utc_from_epoch
 from appliance.store import Store
 from appliance.store.outbox import backlog
@@ -59,6 +59,8 @@ def snapshot(
         "backlog": backlog_status(store, clock) | {"drain_rate_per_s": round(drain_rate, 1)},
         "uplink": {
             "connected": connected,
+            # A fresh box collects while its certificate is being signed; this says what it waits for.
+            "waiting_for": missing_credentials(config),
             "broker": f"{config.mqtt.host}:{config.mqtt.port}",
             "encoding": config.uplink.encoding,
             "messages_published": published,

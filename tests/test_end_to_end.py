@@ -154,6 +154,28 @@ def test_a_broker_outage_loses_nothing(substation: Substation) -> None:
         assert_mdm_holds_exactly_the_store(substation, mdm)
 
 
+def test_a_box_without_its_certificate_collects_and_sends_once_it_is_there(substation: Substation) -> None:
+    """A fresh box whose certificate is still being signed: no config error, collection goes on, the
+    uplink waits, and starts by itself when the file arrives."""
+    certificate = substation.config.mqtt.cert_file
+    parked = certificate.with_name("device.pem.parked")
+    certificate.rename(parked)
+    with substation.mdm() as mdm:
+        substation.start_daemon()
+        status_file = substation.config.hes.data_dir / "status.json"
+        assert substation.wait_for(lambda: len(stored_readings(substation)) >= 6 and status_file.exists(), 20)
+        status = json.loads(status_file.read_text())
+        assert status["uplink"]["connected"] is False
+        assert "mqtt.cert_file" in status["uplink"]["waiting_for"]
+        assert mdm.snapshot() == []
+        parked.rename(certificate)
+        silence_meters_and_drain(substation, timeout=30)
+        assert substation.stop_daemon() == 0
+        assert_mdm_holds_exactly_the_store(substation, mdm)
+    log = substation.log.read_text()
+    assert log.count("uplink waits: mqtt.cert_file") == 1 and "the uplink starts" in log
+
+
 def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing(substation: Substation) -> None:
     chance = random.Random(20261124)
     with substation.mdm() as mdm:

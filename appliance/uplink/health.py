@@ -260,6 +260,8 @@ class HealthMonitor(threading.Thread):
         self._ping()
         up = self.link.connected.is_set() and self.ping_failures < PING_FAILURES_DOWN
         blocker = self.modem_status.blocker if self.modem_status else None
+        if self.link.waiting:  # no certificate yet: no reset of the modem can cure that
+            blocker = f"waiting for the broker's TLS files ({self.link.waiting})"
         step = self.ladder.observe(now, up, blocker)
         self._raise_alarms(store, step, blocker)
         if step.action is not None:

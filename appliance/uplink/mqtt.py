@@ -21,7 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from appliance import __version__
-from appliance.config import Config
+from appliance.config import Config, missing_credentials
 from appliance.errors import TransportError
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,9 @@ class MqttLink:
         self._rebuild = threading.Lock()  # the main loop (fallback) and the WAN monitor (recovery)
         self.reconnects = 0  # connections made after the first one: the WAN health's count
         self._connected_before = False
-        self.client = self._make_client()
+        # A fresh box may still wait for its certificate: no client until the files are there.
+        self.waiting = missing_credentials(config)
+        self.client = None if self.waiting else self._make_client()
 
     def _make_client(self) -> paho.Client:
         mqtt = self.config.mqtt
@@ -118,6 +120,13 @@ class MqttLink:
 
         paho cannot be restarted from inside its own callbacks, so the callback only raises a flag.
         """
+        if self.waiting is not None:
+            if missing_credentials(self.config) is None:
+                log.info("the broker's TLS files are there: the uplink starts")
+                self.waiting = None
+                self.client = self._make_client()
+                self.start()
+            return
         if not self._fall_back.is_set():
             return
         self._fall_back.clear()
@@ -127,6 +136,8 @@ class MqttLink:
     def reconnect(self, reason: str) -> None:
         """Replace the client with a new one that connects at once (paho's own backoff may be minutes
         long after an outage); the outbox re-sends from the store what the old one had in flight."""
+        if self.client is None:
+            return  # waiting for the TLS files: nothing to reconnect
         with self._rebuild:
             self.connected.clear()  # a disconnect we asked for is not a lost broker
             self.client.disconnect()  # closes the old socket, even a half-open one
@@ -143,6 +154,9 @@ class MqttLink:
 
     def start(self) -> None:
         """Connect in the background; paho keeps reconnecting until `stop`."""
+        if self.client is None:
+            log.error("uplink waits: %s; readings are collected and kept until it is there", self.waiting)
+            return
         mqtt = self.config.mqtt
         if self.protocol == paho.MQTTv5 and mqtt.session_expiry_s:
             session = Properties(PacketTypes.CONNECT)
@@ -156,6 +170,8 @@ class MqttLink:
 
     def stop(self) -> None:
         """Say offline (the will only fires on an unclean loss), then disconnect."""
+        if self.client is None:
+            return
         if self.connected.is_set():
             info = self.client.publish(
                 self.status_topic, json.dumps({"state": "offline"}), qos=1, retain=True
