@@ -171,11 +171,12 @@ def fill(store: Any, slots: int) -> int:
 
 @pytest.fixture
 def box(tmp_path: Path) -> Any:
-    """A config with a 1 MiB store cap and its real store, meters registered."""
+    """A config with a 2 MiB store cap and its real store, meters registered. (The empty store's
+    tables take 164 KiB: a 1 MiB cap left too little room to fill 80 % with readings.)"""
     config = load_config(
         write_config(
             tmp_path / "box.toml",
-            f'[mqtt]\ntls = false\n[hes]\ndata_dir = "{tmp_path}"\n[store]\nmax_size_mb = 1\n',
+            f'[mqtt]\ntls = false\n[hes]\ndata_dir = "{tmp_path}"\n[store]\nmax_size_mb = 2\n',
         )
     )
     store = open_store(config)
@@ -192,9 +193,9 @@ def snapshot_inputs(config: Any, store: Any) -> PanelInputs:
 def test_the_backlog_estimate_matches_what_the_readings_really_take(box: Any) -> None:
     config, store = box
     empty = used_bytes(store)
-    saved = fill(store, 320)  # 19 200 waiting readings
-    assert saved == 19_200
-    really = (used_bytes(store) - empty) / 2**20
+    saved = fill(store, 615)  # 36 900 waiting readings
+    assert saved == 36_900
+    really = (used_bytes(store) - empty) / (config.store.max_size_mb * 2**20)  # of the cap, as the estimate
     estimate = snapshot_inputs(config, store).backlog_ratio
     assert really * 0.8 < estimate < really * 1.25, (estimate, really)
     assert estimate >= BACKLOG_WARNING
@@ -203,8 +204,8 @@ def test_the_backlog_estimate_matches_what_the_readings_really_take(box: Any) ->
 
 def test_readings_already_sent_do_not_count_as_backlog(box: Any) -> None:
     config, store = box
-    fill(store, 320)
-    batch = oldest_unsent(store, 19_200)
+    fill(store, 615)
+    batch = oldest_unsent(store, 36_900)
     with store.transaction() as conn:
         outbox_id = insert_message(
             conn,

@@ -6,6 +6,7 @@ One `Store` per thread (sqlite3 connections are not shared between threads).
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,10 +38,8 @@ class Store:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(path, isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            # WAL stays set in the file: only its first opener switches (which takes a lock that a
-            # busy handler does not wait for, so a second opener must not ask again).
-            if not readonly and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
+            if not readonly:
+                _use_wal(conn, busy_timeout_ms / 1000)
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             if max_size_mb is not None:
@@ -127,3 +126,18 @@ class Store:
             row = self.conn.execute("SELECT id FROM reading_types WHERE code = ?", (code,)).fetchone()
             key = self._rtype_keys[code] = row[0]
         return key
+
+
+def _use_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Switch a new database to WAL (it stays set in the file). The switch takes a lock that SQLite's
+    busy handler does not wait for, so two threads opening a new store at once retry here."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
