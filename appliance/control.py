@@ -34,14 +34,16 @@ from appliance.clock import Clock
 from appliance.collect.bus import BusAccess
 from appliance.collect.collector import Collector
 from appliance.commands import jobs
+from appliance.commands.policy import check_relay_rate
 from appliance.config import Config, MeterSpec
 from appliance.console import accounts, settings
 from appliance.console.accounts import Account, Role
-from appliance.errors import AccessDenied, ControlError, DaemonUnavailable, HesError
+from appliance.errors import AccessDenied, ControlError, DaemonUnavailable, HesError, UnknownMeter
 from appliance.hw.leds import LedPanel
 from appliance.model import Reading, epoch, unit_symbol
 from appliance.status import read_status
 from appliance.store import Store
+from appliance.store.commands import record_relay_operation
 from appliance.store.readings import readings_between
 from appliance.uplink.cim import format_time
 
@@ -403,10 +405,22 @@ class Session:
         ]
 
     def _op_relay(self, request: dict[str, Any]) -> dict[str, str]:
+        """The MDM's relay job, under the same per-meter rate limit as the MDM's requests."""
         action = _text(request, "action")
         if action not in ("connect", "disconnect"):
             raise ControlError("the relay action is connect or disconnect")
-        return {"state": self.server.handlers.relay(_meter(request), action)}
+        meter, now = _meter(request), self._now()
+        source = f"console {self.account.name if self.account else ''}"
+        check_relay_rate(self.config, self.store, meter, now)
+        sent = True
+        try:
+            return {"state": self.server.handlers.relay(meter, action)}
+        except UnknownMeter:
+            sent = False  # nothing reached a bus
+            raise
+        finally:
+            if sent:
+                record_relay_operation(self.store, meter, now, source)
 
     def _op_discover(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         bus = _text(request, "bus")

@@ -23,13 +23,15 @@ import pytest
 
 from appliance.cli import main
 from appliance.clock import Clock
+from appliance.commands import codes
 from appliance.config import Config, load_config
 from appliance.console import accounts
 from appliance.console.accounts import Role
 from appliance.control import MAX_LINE, ControlClient, ControlServer
-from appliance.errors import AccessDenied, ControlError, DaemonUnavailable
+from appliance.errors import AccessDenied, ControlError, DaemonUnavailable, UnknownMeter
 from appliance.model import Reading, reading_type
 from appliance.store import Store, open_store
+from appliance.store.commands import State, Target, insert_command, relay_operations_since
 from tests.conftest import write_config
 
 GROUP = grp.getgrgid(os.getgid()).gr_name
@@ -40,6 +42,9 @@ ENERGY = reading_type("0.0.0.1.1.1.12.0.0.0.0.0.0.0.0.3.72.0")
 
 def config_text(tmp_path: Path, auth: str = "password") -> str:
     return f"""
+[commands]
+relay_max_operations = 3
+relay_window_s = 3600
 [hes]
 data_dir = "{tmp_path / "data"}"
 [mqtt]
@@ -66,6 +71,8 @@ class RecordingHandlers:
         return [Reading(meter_id, ENERGY, datetime(2024, 5, 1, tzinfo=UTC), Decimal("12.5"))]
 
     def relay(self, meter_id: str, action: str) -> str:
+        if meter_id not in ("M1", "M2"):
+            raise UnknownMeter(f"meter {meter_id!r} is not registered on a running bus")
         self.calls.append(("relay", meter_id, action))
         return "disconnected"
 
@@ -300,3 +307,37 @@ def test_password_hashes() -> None:
     assert stored != accounts.hash_password("correct horse")  # salted
     for broken in ("", "scrypt$1$2", "md5$1$1$1$AAAA$AAAA", "scrypt$x$8$1$AAAA$AAAA"):
         assert not accounts.verify_password("correct horse", broken)
+
+
+def test_the_console_and_the_mdm_share_a_relay_rate_limit(daemon: Daemon) -> None:
+    """At most 3 operations per meter and hour here: one from the MDM, two from the console, then both
+    are refused; a meter the daemon does not know costs nothing."""
+    now = int(time.time())
+    store = open_store(daemon.config)
+    with store.transaction() as conn:
+        insert_command(
+            conn, message_id="m-1", correlation_id="m-1", verb="create", noun="EndDeviceControls",
+            source="MDM", reply_topic="r", request={}, priority=1, state=State.ACCEPTED, received_at=now,
+            expires_at=now + 60, targets=[Target(0, "M1", "relay", State.ACCEPTED)],
+            reply=("OK", codes.ACCEPTED, "accepted"),
+        )  # fmt: skip
+    technician = daemon.signed_in("tess")
+    with pytest.raises(ControlError, match="not registered"):
+        technician.request("relay", line="relay NOPE connect", meter="NOPE", action="connect")
+    for action in ("disconnect", "connect"):
+        technician.request("relay", line=f"relay M1 {action}", meter="M1", action=action)
+    with pytest.raises(ControlError, match=r"meter M1: 3 relay operations in the last 3600 s"):
+        technician.request("relay", line="relay M1 disconnect", meter="M1", action="disconnect")
+    assert technician.request("relay", line="relay M2 disconnect", meter="M2", action="disconnect")
+    assert daemon.handlers.calls == [
+        ("relay", "M1", "disconnect"),
+        ("relay", "M1", "connect"),
+        ("relay", "M2", "disconnect"),
+    ]
+    assert relay_operations_since(store, "M1", now - 1) == 3  # what the MDM's next request meets
+    assert relay_operations_since(store, "NOPE", now - 1) == 0
+    store.close()
+    assert audit_rows(daemon.config)[-2][1:] == (
+        "relay M1 disconnect",
+        "failed: 2.9: meter M1: 3 relay operations in the last 3600 s (at most 3); try later",
+    )

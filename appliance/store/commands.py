@@ -226,12 +226,20 @@ def reopen_interrupted(store: Store, now: int) -> int:
 
 
 def relay_operations_since(store: Store, meter: str, since: int) -> int:
-    """Relay operations journalled for `meter` since `since`, leaving out those refused before they
-    reached the meter (error codes other than 6.x): the rate limit's count, durable across restarts."""
+    """Relay operations for `meter` since `since`: those journalled, leaving out those refused before
+    they reached the meter (error codes other than 6.x), and the console's. The rate limit's count,
+    durable across restarts."""
     row = store.conn.execute(
-        """SELECT count(*) FROM command_targets t JOIN commands c ON c.id = t.command
-           WHERE t.meter = ? AND t.kind = 'relay' AND c.received_at >= ?
-             AND (t.error_code = '' OR t.error_code LIKE '6.%')""",
+        """SELECT (SELECT count(*) FROM command_targets t JOIN commands c ON c.id = t.command
+                    WHERE t.meter = ?1 AND t.kind = 'relay' AND c.received_at >= ?2
+                      AND (t.error_code = '' OR t.error_code LIKE '6.%'))
+                + (SELECT count(*) FROM relay_operations WHERE meter = ?1 AND at >= ?2)""",
         (meter, since),
     ).fetchone()
     return row[0]
+
+
+def record_relay_operation(store: Store, meter: str, at: int, source: str) -> None:
+    """A relay operation outside the command journal (the console's), for the rate limit."""
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO relay_operations (meter, at, source) VALUES (?, ?, ?)", (meter, at, source))

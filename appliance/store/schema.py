@@ -323,4 +323,15 @@ MIGRATIONS: list[list[str]] = [
             reference TEXT NOT NULL
         ) WITHOUT ROWID""",
     ],
+    # Relay operations that are not in the command journal (a technician's, from the console): the
+    # relay rate limit counts them with the MDM's, so neither can wear a relay out behind the other.
+    [
+        """CREATE TABLE relay_operations (
+            id INTEGER PRIMARY KEY,
+            meter TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            source TEXT NOT NULL
+        )""",
+        "CREATE INDEX relay_operations_meter_at ON relay_operations (meter, at)",
+    ],
 ]
