@@ -150,11 +150,13 @@ def test_duplicate_delivery_executes_once_and_answers_the_same(station: Substati
     message_id, xml = request_message(
         "create", "EndDeviceControls", payload=control_payload(DISCONNECT, ["CMD-D17"])
     )
-    mdm.request("create", "EndDeviceControls", xml)
+    mdm.request("create", "EndDeviceControls", xml, correlation_data=b"\x00try-1\xff")
     first = mdm.wait_replies(message_id, 2)
-    mdm.request("create", "EndDeviceControls", xml)
+    mdm.request("create", "EndDeviceControls", xml, correlation_data=b"try-2")
     both = mdm.wait_replies(message_id, 4)
     assert [r.header.verb for r in both] == ["reply", "created", "reply", "created"]
+    # MQTT 5 request/response: each delivery's answers carry its own Correlation Data back.
+    assert [r.correlation_data for r in both] == [b"\x00try-1\xff"] * 2 + [b"try-2"] * 2
     assert [reply_result(r) for r in both[2:]] == [reply_result(r) for r in first]
     assert attributes(both[3].xml) == attributes(first[1].xml)
     assert relay_log(station) == ["disconnected"]  # once
@@ -268,7 +270,10 @@ def test_a_command_accepted_before_a_crash_is_finished_after_the_restart(
     (meter,) = [s for s in station.simulators["A"] if type(s).__name__ == "SimulatedDlmsBus"]
     pid = meter._process.pid  # the test freezes the peer process itself
     os.kill(pid, signal.SIGSTOP)
-    request_id = send(mdm, "create", "EndDeviceControls", payload=control_payload(DISCONNECT, ["CMD-D17"]))
+    request_id, xml = request_message(
+        "create", "EndDeviceControls", payload=control_payload(DISCONNECT, ["CMD-D17"])
+    )
+    mdm.request("create", "EndDeviceControls", xml, correlation_data=b"before-the-crash")
     (ack,) = mdm.wait_replies(request_id, 1)
     assert reply_result(ack)[0] == "OK"
     station.stop_daemon(signal.SIGKILL)
@@ -283,7 +288,9 @@ def test_a_command_accepted_before_a_crash_is_finished_after_the_restart(
     outcomes = {r.header.message_id: r for r in mdm.replies_to(request_id) if r.header.verb == "created"}
     assert state in ("queued", "executing")
     assert len(outcomes) == 1  # one outcome (a re-sent copy keeps its MessageID)
-    assert attributes(next(iter(outcomes.values())).xml)["relayState"] == "disconnected"
+    (outcome,) = outcomes.values()
+    assert attributes(outcome.xml)["relayState"] == "disconnected"
+    assert outcome.correlation_data == ack.correlation_data == b"before-the-crash"  # from the journal
     assert relay_log(station).count("disconnected") in (1, 2)  # done again at most once after the crash
 
 

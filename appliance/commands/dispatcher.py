@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -151,30 +151,36 @@ class CommandDispatcher(threading.Thread):
             envelope, root = read_envelope(message.payload, self.config.commands.max_request_bytes)
             noun = envelope.noun
             policy.authorize(self.config, message.topic, envelope)
-            topic = policy.reply_topic(self.config, noun, message.response_topic, envelope.reply_address)
+            to = ReplyTo(
+                policy.reply_topic(self.config, noun, message.response_topic, envelope.reply_address),
+                message.correlation_data,
+            )
             earlier = command_by_message_id(store, envelope.message_id) if envelope.message_id else None
             if earlier is not None:
-                self._answer_again(store, earlier, topic)
+                self._answer_again(store, earlier, to)
             else:
                 try:
                     parsed = parse_request(envelope, root, self.config.commands.controls, now)
                 except RequestRefused as exc:
                     if not envelope.message_id:
                         raise
-                    self._journal_refusal(store, envelope, topic, exc, now)
+                    self._journal_refusal(store, envelope, to, exc, now)
                 else:
-                    self._journal(store, parsed, topic, message, now)
+                    self._journal(store, parsed, to, message, now)
         except RequestRefused as exc:
             log.warning("commands: request on %s refused: %s", message.topic[:120], exc)
-            topic = policy.reply_topic(
-                self.config,
-                noun or "Unknown",
-                message.response_topic,
-                envelope.reply_address if envelope else "",
+            to = ReplyTo(
+                policy.reply_topic(
+                    self.config,
+                    noun or "Unknown",
+                    message.response_topic,
+                    envelope.reply_address if envelope else "",
+                ),
+                message.correlation_data,
             )
             correlation = (envelope.correlation_id or envelope.message_id) if envelope else ""
             reply = self._reply(
-                "reply", noun or "Unknown", correlation, "FAILED", [ReplyError(exc.code, exc.reason)], topic
+                "reply", noun or "Unknown", correlation, "FAILED", [ReplyError(exc.code, exc.reason)], to
             )
             with store.transaction() as conn:
                 enqueue(conn, reply, Priority.REPLY, epoch(now))
@@ -182,7 +188,7 @@ class CommandDispatcher(threading.Thread):
         self._on_reply()
 
     def _journal(
-        self, store: Store, parsed: Parsed, topic: str, message: InboundMessage, now: datetime
+        self, store: Store, parsed: Parsed, to: ReplyTo, message: InboundMessage, now: datetime
     ) -> None:
         envelope, request = parsed.envelope, parsed.request
         expiries = [epoch(now) + self.config.commands.default_expiry_s]
@@ -210,7 +216,8 @@ class CommandDispatcher(threading.Thread):
                 verb=envelope.verb,
                 noun=envelope.noun,
                 source=envelope.source,
-                reply_topic=topic,
+                reply_topic=to.topic,
+                reply_correlation=to.correlation_data,
                 request=request.to_json(),
                 priority=parsed.priority,
                 state=state,
@@ -224,7 +231,7 @@ class CommandDispatcher(threading.Thread):
             if state is State.ACCEPTED:
                 errors.insert(0, _accepted(command_id))
             reply = self._reply(
-                "reply", envelope.noun, envelope.correlation_id or envelope.message_id, result, errors, topic
+                "reply", envelope.noun, envelope.correlation_id or envelope.message_id, result, errors, to
             )
             enqueue(conn, reply, Priority.REPLY, epoch(now))
         if state is State.ACCEPTED:
@@ -261,7 +268,7 @@ class CommandDispatcher(threading.Thread):
             raise RequestRefused(codes.UNKNOWN_TARIFF, str(exc)) from None
 
     def _journal_refusal(
-        self, store: Store, envelope: Envelope, topic: str, refusal: RequestRefused, now: datetime
+        self, store: Store, envelope: Envelope, to: ReplyTo, refusal: RequestRefused, now: datetime
     ) -> None:
         """A refused request with a MessageID is journalled too, so that a duplicate gets the same answer."""
         log.warning("commands: request %s refused: %s", envelope.message_id[:64], refusal)
@@ -273,7 +280,8 @@ class CommandDispatcher(threading.Thread):
                 verb=envelope.verb,
                 noun=envelope.noun,
                 source=envelope.source,
-                reply_topic=topic,
+                reply_topic=to.topic,
+                reply_correlation=to.correlation_data,
                 request={},
                 priority=0,
                 state=State.FAILED,
@@ -288,11 +296,11 @@ class CommandDispatcher(threading.Thread):
                 envelope.correlation_id or envelope.message_id,
                 "FAILED",
                 [ReplyError(refusal.code, refusal.reason)],
-                topic,
+                to,
             )
             enqueue(conn, reply, Priority.REPLY, epoch(now))
 
-    def _answer_again(self, store: Store, command: Command, topic: str) -> None:
+    def _answer_again(self, store: Store, command: Command, to: ReplyTo) -> None:
         """A MessageID seen before: the same answers again (the outcome too, once there is one);
         nothing is done twice."""
         log.info("commands: %s repeats command %d; answered again", command.message_id[:64], command.id)
@@ -306,11 +314,11 @@ class CommandDispatcher(threading.Thread):
         errors += [ReplyError(t.error_code, t.reason, t.meter) for t in targets if _refused_on_arrival(t)]
         with store.transaction() as conn:
             reply = self._reply(
-                "reply", command.noun, command.correlation_id, command.reply_result, errors, topic
+                "reply", command.noun, command.correlation_id, command.reply_result, errors, to
             )
             enqueue(conn, reply, Priority.REPLY, now)
             if command.reply_code == codes.ACCEPTED and command.state in FINAL_STATES:
-                for outcome in self._outcome(store, command, targets, topic):
+                for outcome in self._outcome(store, command, targets, to):
                     enqueue(conn, outcome, Priority.REPLY, now)
 
     # -- execution
@@ -482,12 +490,14 @@ class CommandDispatcher(threading.Thread):
         now = epoch(self.clock.now())
         with store.transaction() as conn:
             finish_command(conn, command.id, state, now, code, reason)
-            for reply in self._outcome(store, command, targets, command.reply_topic):
+            for reply in self._outcome(
+                store, command, targets, ReplyTo(command.reply_topic, command.reply_correlation)
+            ):
                 enqueue(conn, reply, Priority.REPLY, now)
         log.info("commands: %d %s (%s)", command.id, state.value, reason or "all meters")
         self._on_reply()
 
-    def _outcome(self, store: Store, command: Command, targets: list[Target], topic: str) -> list[Built]:
+    def _outcome(self, store: Store, command: Command, targets: list[Target], to: ReplyTo) -> list[Built]:
         """The outcome reply (pages of it, for a large get) of a finished request."""
         request = Request.from_json(command.request)
         succeeded = [t for t in targets if t.state is State.SUCCEEDED]
@@ -500,15 +510,15 @@ class CommandDispatcher(threading.Thread):
         verb = OUTCOME_VERBS[command.verb]
         if request.operation == "control":
             payload = control_results(request.code, [(t.meter, t.detail or {}) for t in targets if t.detail])
-            return [self._reply(verb, command.noun, command.correlation_id, result, errors, topic, payload)]
+            return [self._reply(verb, command.noun, command.correlation_id, result, errors, to, payload)]
         if request.operation == "meter_config":
             payload = meter_config(
                 [(t.meter, (t.detail or {}).get("model", ""), _settings(t.detail)) for t in succeeded]
             )
-            return [self._reply(verb, command.noun, command.correlation_id, result, errors, topic, payload)]
+            return [self._reply(verb, command.noun, command.correlation_id, result, errors, to, payload)]
         if request.operation == "tariff":
             payload = usage_point_config([(t.meter, (t.detail or {})["tariff"]) for t in succeeded])
-            return [self._reply(verb, command.noun, command.correlation_id, result, errors, topic, payload)]
+            return [self._reply(verb, command.noun, command.correlation_id, result, errors, to, payload)]
         if request.operation == "events":
             events = [
                 e
@@ -517,7 +527,7 @@ class CommandDispatcher(threading.Thread):
                 if request.start is None or request.start <= epoch(e.created) < (request.end or 2**62)
             ]
             payload = cim.end_device_events(events)
-            return [self._reply(verb, command.noun, command.correlation_id, result, errors, topic, payload)]
+            return [self._reply(verb, command.noun, command.correlation_id, result, errors, to, payload)]
         readings = []
         for target in succeeded:
             detail = target.detail or {}
@@ -537,7 +547,7 @@ class CommandDispatcher(threading.Thread):
                 command.correlation_id,
                 result,
                 errors,
-                topic,
+                to,
                 cim.meter_readings(page),
                 (("MessageIndex", str(index)), ("MessageCount", str(len(pages)))),
             )
@@ -551,11 +561,11 @@ class CommandDispatcher(threading.Thread):
         correlation_id: str,
         result: str,
         errors: list[ReplyError],
-        topic: str,
+        to: ReplyTo,
         payload: object = None,
         properties: tuple[tuple[str, str], ...] = (),
     ) -> Built:
-        return response(
+        built = response(
             verb=verb,
             noun=noun,
             source=self.config.hes.id,
@@ -563,10 +573,20 @@ class CommandDispatcher(threading.Thread):
             correlation_id=correlation_id,
             result=result,
             errors=errors,
-            topic=topic,
+            topic=to.topic,
             payload=payload,  # type: ignore[arg-type]
             properties=properties,
         )
+        return replace(built, correlation_data=to.correlation_data)
+
+
+@dataclass(frozen=True)
+class ReplyTo:
+    """Where a request's answers go: the topic (policy.reply_topic) and, under MQTT 5, the request's
+    Correlation Data, which every answer carries back so the MDM can match it without parsing."""
+
+    topic: str
+    correlation_data: bytes | None = None
 
 
 def _settings(detail: dict[str, str] | None) -> dict[str, str]:

@@ -40,6 +40,7 @@ class Received:
     header: cim.Header
     readings: list[Reading]
     events: list[Event]
+    correlation_data: bytes | None = None  # MQTT 5 Correlation Data, as a reply echoes it
 
 
 class MdmListener:
@@ -148,6 +149,7 @@ class MdmListener:
                 header=cim.read_header(root),
                 readings=cim.read_meter_readings(root) if _has_payload(root, "MeterReadings") else [],
                 events=cim.read_end_device_events(root) if _has_payload(root, "EndDeviceEvents") else [],
+                correlation_data=getattr(message.properties, "CorrelationData", None),
             )
         except MessageError as exc:
             with self._lock:
@@ -199,12 +201,15 @@ class MdmListener:
         response_topic: str | None = "",
         expiry_s: int | None = None,
         topic: str | None = None,
+        correlation_data: bytes | None = None,
     ) -> None:
         """Publish a request (QoS 1) on the HES's request topic for `verb`/`noun`; replies go to
         `<reply_root>/<noun>` unless another `response_topic` (None: none) is given."""
         properties = Properties(PacketTypes.PUBLISH)
         if response_topic is not None:
             properties.ResponseTopic = response_topic or f"{self.reply_root}/{noun}"
+        if correlation_data is not None:
+            properties.CorrelationData = correlation_data
         if expiry_s is not None:
             properties.MessageExpiryInterval = expiry_s
         info = self.client.publish(

@@ -66,11 +66,13 @@ class Command:
     reply_reason: str
     outcome_code: str  # set when the request is finished
     outcome_reason: str
+    reply_correlation: bytes | None  # the request's MQTT 5 Correlation Data, for its replies
 
 
 _COMMAND_COLUMNS = (
     "id, message_id, correlation_id, verb, noun, source, reply_topic, request, priority, state,"
-    " received_at, expires_at, reply_result, reply_code, reply_reason, outcome_code, outcome_reason"
+    " received_at, expires_at, reply_result, reply_code, reply_reason, outcome_code, outcome_reason,"
+    " reply_correlation"
 )
 
 
@@ -97,6 +99,7 @@ def insert_command(
     expires_at: int,
     targets: list[Target],
     reply: tuple[str, str, str],
+    reply_correlation: bytes | None = None,
 ) -> int:
     """Inside a caller's transaction: journal a request, its targets and its synchronous reply
     (result, code, reason); returns its id. A request refused outright is finished at once."""
@@ -105,8 +108,9 @@ def insert_command(
     cursor = conn.execute(
         """INSERT INTO commands (message_id, correlation_id, verb, noun, source, reply_topic, request,
                                  priority, state, received_at, expires_at, finished_at, reply_result,
-                                 reply_code, reply_reason, outcome_code, outcome_reason)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                 reply_code, reply_reason, outcome_code, outcome_reason,
+                                 reply_correlation)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (
             message_id,
             correlation_id,
@@ -122,6 +126,7 @@ def insert_command(
             finished,
             *reply,
             *outcome,
+            reply_correlation,
         ),
     )
     command_id = cursor.lastrowid

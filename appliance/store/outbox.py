@@ -44,6 +44,7 @@ class OutboxMessage:
     content_type: str
     payload: bytes
     readings: int
+    correlation_data: bytes | None = None  # MQTT 5 Correlation Data of a reply
 
 
 def oldest_unsent(store: Store, limit: int) -> UnsentBatch:
@@ -71,14 +72,15 @@ def insert_message(
     content_type: str,
     payload: bytes,
     created_at: int,
+    correlation_data: bytes | None = None,
     carried: Sequence[tuple[int, int, int]] = (),
     carried_events: Sequence[tuple[int, int, str]] = (),
 ) -> int:
     """Inside a caller's transaction: store a built message and take what it carries off the queues."""
     cursor = conn.execute(
         """INSERT INTO outbox (message_id, priority, topic, content_type, payload, readings,
-                               oldest_ts, created_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                               oldest_ts, created_at, correlation_data)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (
             message_id,
             int(priority),
@@ -88,6 +90,7 @@ def insert_message(
             len(carried),
             min((k[0] for k in carried), default=None),
             created_at,
+            correlation_data,
         ),
     )
     conn.executemany("DELETE FROM unsent WHERE ts = ? AND meter = ? AND rtype = ?", carried)
@@ -100,7 +103,8 @@ def pending_messages(
 ) -> list[OutboxMessage]:
     """Messages not yet acknowledged, in sending order, leaving out the ids in `skip`."""
     rows = store.conn.execute(
-        """SELECT id, message_id, priority, topic, content_type, payload, readings FROM outbox
+        """SELECT id, message_id, priority, topic, content_type, payload, readings, correlation_data
+           FROM outbox
            WHERE acked_at IS NULL ORDER BY priority, id LIMIT ?""",
         (limit + len(skip),),
     ).fetchall()

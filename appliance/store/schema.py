@@ -334,4 +334,9 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX relay_operations_meter_at ON relay_operations (meter, at)",
     ],
+    # MQTT 5 request/response: the Correlation Data of a request, kept with it and echoed in its replies.
+    [
+        "ALTER TABLE commands ADD COLUMN reply_correlation BLOB",
+        "ALTER TABLE outbox ADD COLUMN correlation_data BLOB",
+    ],
 ]

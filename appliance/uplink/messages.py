@@ -22,6 +22,7 @@ class Built:
     topic: str
     content_type: str
     payload: bytes
+    correlation_data: bytes | None = None  # MQTT 5: echoed from the request this answers
 
 
 def build(
@@ -95,6 +96,7 @@ def enqueue(
         content_type=message.content_type,
         payload=message.payload,
         created_at=created_at,
+        correlation_data=message.correlation_data,
         carried=carried,
         carried_events=carried_events,
     )
@@ -106,4 +108,5 @@ def enqueue(
         message.content_type,
         message.payload,
         len(carried),
+        message.correlation_data,
     )

@@ -58,6 +58,7 @@ class InboundMessage:
     response_topic: str | None
     expiry_s: int | None  # what was left of the MQTT 5 Message Expiry Interval on arrival
     received: float  # time.time() on arrival
+    correlation_data: bytes | None = None  # MQTT 5: the replies carry it back
 
 
 class MqttLink:
@@ -186,7 +187,9 @@ class MqttLink:
         if self.connected.is_set():
             self.client.publish(self.status_topic, json.dumps(document), qos=1, retain=True)
 
-    def publish(self, topic: str, payload: bytes, content_type: str) -> int:
+    def publish(
+        self, topic: str, payload: bytes, content_type: str, correlation_data: bytes | None = None
+    ) -> int:
         """Queue a QoS 1 publish; returns paho's mid, whose Ack will arrive on the events queue.
 
         While the link is down paho keeps the message and sends it on reconnect.
@@ -195,6 +198,8 @@ class MqttLink:
         if self.protocol == paho.MQTTv5:  # 3.1.1 has no properties: the deployment's encoding says it
             properties = Properties(PacketTypes.PUBLISH)
             properties.ContentType = content_type
+            if correlation_data is not None:
+                properties.CorrelationData = correlation_data
         info = self.client.publish(topic, payload, qos=1, properties=properties)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise TransportError(f"publish to {topic} refused by the client: {paho.error_string(info.rc)}")
@@ -255,6 +260,7 @@ class MqttLink:
             response_topic=getattr(properties, "ResponseTopic", None),
             expiry_s=expiry if isinstance(expiry, int) else None,
             received=time.time(),
+            correlation_data=_bytes_or_none(getattr(properties, "CorrelationData", None)),
         )
         if self._on_request is None:
             self.ack(inbound)  # nothing here asked for it
@@ -281,3 +287,8 @@ class MqttLink:
     ) -> None:
         failed = getattr(reason, "is_failure", False)
         self.events.put(Ack(mid, not failed, str(reason)))
+
+
+def _bytes_or_none(value: object) -> bytes | None:
+    """paho gives Correlation Data as bytes; anything else is no Correlation Data."""
+    return bytes(value) if isinstance(value, bytes | bytearray) else None

@@ -146,7 +146,9 @@ class OutboxPump(threading.Thread):
             message = self._next_pending(store) or self._pack_events(store) or self._pack(store)
             if message is None:
                 return
-            mid = self.link.publish(message.topic, message.payload, message.content_type)
+            mid = self.link.publish(
+                message.topic, message.payload, message.content_type, message.correlation_data
+            )
             self._inflight[mid] = message
             self.published += 1
 
