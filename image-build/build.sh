@@ -56,6 +56,12 @@ for wheel in "$OUT"/host-wheels/*.whl; do
 	esac
 done
 rm -rf "$OUT/host-wheels"
+# The `pi` extra (the GPIO of the LED panel): arm64 wheels only, lgpio is a C extension for the Pi.
+read -ra pi_extra < <("${PY:-python3}" -c 'import configparser, sys
+c = configparser.ConfigParser(); c.read(sys.argv[1]); print(*c["options.extras_require"]["pi"].split())' \
+	"$REPO/setup.cfg")
+"${PY:-python3}" -m pip download -q --no-deps --only-binary=:all: --implementation cp --python-version 3.11 \
+	--platform manylinux_2_34_aarch64 --platform manylinux2014_aarch64 -d "$OUT/wheels" "${pi_extra[@]}"
 ls "$OUT/wheels"
 
 step 2 "base root file system: Debian $SUITE arm64 (cached in $OUT/base.tar)"

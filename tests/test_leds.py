@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from appliance.config import load_config
 from appliance.errors import ConfigError
 from appliance.hw import leds
-from appliance.hw.gpio import FakeGpio
+from appliance.hw.gpio import FakeGpio, export_board_revision
 from appliance.hw.leds import TEST_S, Led, LedPanel, Pattern, level, next_edge, open_panel, render
 from appliance.sim.substation import Substation
 from tests.conftest import write_config
@@ -262,3 +263,20 @@ def test_the_daemon_shows_its_panel_in_the_status(tmp_path: Path) -> None:
             "fault": "off",
         }
         assert "LED panel" not in substation.log.read_text()  # the fake backend: no warning
+
+
+def test_the_board_revision_reaches_rpi_lgpio_past_the_hidden_proc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ProcSubset=pid hides /proc/device-tree; the same big-endian word from sysfs goes in the
+    variable rpi-lgpio reads instead (it parses it with int(..., 16))."""
+    monkeypatch.delenv("RPI_LGPIO_REVISION", raising=False)
+    export_board_revision(tmp_path / "absent")
+    assert "RPI_LGPIO_REVISION" not in os.environ  # not a Pi: the import will say so itself
+    revision = tmp_path / "linux,revision"
+    revision.write_bytes(bytes.fromhex("00d03114"))  # a Raspberry Pi 4 Model B, 8 GB
+    export_board_revision(revision)
+    assert int(os.environ["RPI_LGPIO_REVISION"], 16) == 0xD03114
+    revision.write_bytes(bytes.fromhex("00c04170"))
+    export_board_revision(revision)
+    assert int(os.environ["RPI_LGPIO_REVISION"], 16) == 0xD03114  # set by hand or earlier: kept

@@ -1,14 +1,16 @@
 """GPIO output lines (LEDs, the modem's power and reset): one thin driver, and a fake for tests.
 
-On the appliance the `RPi.GPIO` API comes from rpi-lgpio, which talks to /dev/gpiochip* (the unit's
-`ProcSubset=pid` hides /proc/cpuinfo, which the classic RPi.GPIO needs). It is imported only when a
-real backend is asked for, so nothing here needs a Pi to import.
+On the appliance the `RPi.GPIO` API comes from rpi-lgpio (the `pi` extra), which talks to
+/dev/gpiochip* (the unit's `ProcSubset=pid` hides /proc/cpuinfo, which the classic RPi.GPIO needs).
+It is imported only when a real backend is asked for, so nothing here needs a Pi to import.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.errors import DeviceError
@@ -59,14 +61,34 @@ class FakeGpio:
         """Nothing to release."""
 
 
+DEVICE_TREE_REVISION = Path("/sys/firmware/devicetree/base/system/linux,revision")
+
+
+def export_board_revision(source: Path = DEVICE_TREE_REVISION) -> None:
+    """rpi-lgpio reads the board revision from /proc/device-tree at import, which the unit's
+    `ProcSubset=pid` hides: hand it the same bytes from sysfs in RPI_LGPIO_REVISION, its override."""
+    if "RPI_LGPIO_REVISION" in os.environ:
+        return
+    try:
+        revision = source.read_bytes()[:4]
+    except OSError:
+        return  # not a Pi: the import says so
+    if len(revision) == 4 and any(revision):
+        os.environ["RPI_LGPIO_REVISION"] = revision.hex()
+
+
 class RpiGpio:
-    """The RPi.GPIO API (rpi-lgpio on the appliance), BCM numbering."""
+    """The RPi.GPIO API (rpi-lgpio on the appliance), BCM numbering. lgpio makes its notification pipe
+    in the working directory (/data/hes under hes.service), so that must be writable."""
 
     def __init__(self) -> None:
+        export_board_revision()
         try:
             import RPi.GPIO as gpio  # noqa: PLC0415 - only on a Pi
-        except (ImportError, RuntimeError) as exc:
-            raise DeviceError(f"GPIO unavailable ({exc}): install rpi-lgpio, or use backend 'fake'") from exc
+        except (ImportError, RuntimeError, OSError) as exc:  # OSError: lgpio's pipe in the cwd
+            raise DeviceError(
+                f"GPIO unavailable ({exc}): install the pi extra (rpi-lgpio), or use backend 'fake'"
+            ) from exc
         self._gpio: Any = gpio
         self._pins: set[int] = set()
         gpio.setwarnings(False)

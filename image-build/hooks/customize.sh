@@ -22,9 +22,13 @@ mkdir -p "$ROOT/tmp/wheels"
 cp "$WHEELS"/*.whl "$ROOT/tmp/wheels/"
 chroot "$ROOT" python3 -m venv /opt/hes/venv
 # Byte-compiled here: the root is read-only on the box, where nothing could write a .pyc.
-chroot "$ROOT" /opt/hes/venv/bin/pip install -q --no-index --find-links /tmp/wheels hes-appliance
+chroot "$ROOT" /opt/hes/venv/bin/pip install -q --no-index --find-links /tmp/wheels 'hes-appliance[pi]'
 rm -rf "$ROOT/tmp/wheels"
 chroot "$ROOT" /opt/hes/venv/bin/hes --version
+# The LED panel's driver loads (a Pi 4's revision stands in for the board; lgpio leaves its
+# notification pipe in the working directory, and opens /dev/gpiochip* only when a line is set up).
+chroot "$ROOT" /bin/sh -c 'cd /tmp && RPI_LGPIO_REVISION=d03114 /opt/hes/venv/bin/python -c "import RPi.GPIO"'
+rm -f "$ROOT"/tmp/.lgd-nfy*
 
 say "units and system configuration (systemd/)"
 for unit in hes.service hes-growdata.service hes-firstboot.service hes-netgen.service hes-mark-good.service; do
