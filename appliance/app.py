@@ -25,6 +25,7 @@ from appliance.collect.listener import DlmsListener
 from appliance.commands.dispatcher import CommandDispatcher
 from appliance.config import Config
 from appliance.console.accounts import import_accounts, provisioned_file
+from appliance.console.spool import import_spool
 from appliance.control import EXIT_RESTART, ControlServer, DaemonHandlers
 from appliance.errors import HesError, StoreError
 from appliance.housekeeping import Housekeeping
@@ -130,6 +131,8 @@ def run(config: Config) -> int:
     register_config_meters(store, config.meters, epoch(clock.now()))
     # The first console accounts of a fresh box, from the card (hes-firstboot copied hes/console-users).
     import_accounts(store, provisioned_file(config), epoch(clock.now()))
+    # What the console audited while the daemon was down (console/spool.py).
+    import_spool(store, config)
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

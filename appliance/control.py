@@ -5,7 +5,8 @@ is). One JSON request per line, one JSON answer per line: {"op": ..., "line": wh
 -> {"ok": true, "result": ...} or {"ok": false, "error": ..., "denied": bool}. A connection is a
 console session: it signs in once, and its role decides what it may ask. The daemon writes every
 request of a signed-in session to the audit table, because the console cannot (the store is
-read-only to it). `status` needs no sign-in: the group may read status.json anyway.
+read-only to it); what the console spooled while the daemon was down is imported at every sign-in
+(console/spool.py). `status` needs no sign-in: the group may read status.json anyway.
 
 The console never touches the serial ports: reading a meter, a relay, discovery, the LED test and a
 restart are asked of the daemon, which does them through its own components (`Handlers`).
@@ -38,6 +39,7 @@ from appliance.commands.policy import check_relay_rate
 from appliance.config import Config, MeterSpec
 from appliance.console import accounts, settings
 from appliance.console.accounts import Account, Role
+from appliance.console.spool import import_spool
 from appliance.errors import AccessDenied, ControlError, DaemonUnavailable, HesError, UnknownMeter
 from appliance.hw.leds import LedPanel
 from appliance.model import Reading, epoch, unit_symbol
@@ -363,6 +365,8 @@ class Session:
             name, password = peer_user(self.connection), None
         else:
             name, password = _text(request, "user"), _text(request, "password")
+        # A console that ran without the daemon may have spooled wrong passwords: they count first.
+        import_spool(self.store, self.config)
         try:
             account = accounts.login(
                 self.store, name, password, self._now(), console.lockout_attempts, console.lockout_s

@@ -81,6 +81,10 @@ class AccessDenied(ControlError):
     """Wrong name or password, a locked account, or a role that may not do this."""
 
 
+class AuditSpoolError(HesError):
+    """The console cannot append to its audit spool (permissions, full disk, the spool's size cap)."""
+
+
 class ConsoleInputError(HesError):
     """What a technician typed at the console is not a command; the message says what would be."""
 

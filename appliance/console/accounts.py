@@ -1,8 +1,8 @@
 """Console accounts: roles, scrypt password hashes, lockout after wrong passwords, the audit trail.
 
-The daemon is the only writer (it checks every sign-in and records every command); `hes console
-user ...` writes accounts as an administrator on the box. The console itself only reads them, when
-the daemon is down.
+The daemon is the only writer of the store (it checks every sign-in and records every command);
+`hes console user ...` writes accounts as an administrator on the box. The console itself only reads
+them, when the daemon is down, and spools what it would have written (console/spool.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import hashlib
 import hmac
 import logging
 import os
-from dataclasses import dataclass
+import sqlite3
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path
 
@@ -224,7 +225,7 @@ def _row(store: Store, name: str) -> tuple[str, str, int, int] | None:
 
 
 def check_login(store: Store, name: str, password: str | None) -> Account:
-    """Who signs in, without writing anything (the console's own check while the daemon is down).
+    """Who signs in, without writing anything and without the lockout.
 
     `password` None means the OS login already authenticated `name`.
     """
@@ -238,33 +239,93 @@ def check_login(store: Store, name: str, password: str | None) -> Account:
     return Account(name, Role.named(row[0]))
 
 
-def login(store: Store, name: str, password: str | None, now: int, attempts: int, lockout_s: int) -> Account:
-    """Sign in with the lockout: `attempts` wrong passwords in a row lock the account `lockout_s`.
+@dataclass(frozen=True)
+class Lockout:
+    """An account's wrong passwords in a row and until when it is locked (its console_users columns)."""
 
-    A locked account is refused even with the right password, so guessing gains nothing.
-    """
+    failed: int = 0
+    locked_until: int = 0
+
+    def after(self, signed_in: bool, now: int, attempts: int, lockout_s: int) -> Lockout:
+        """The state after a sign-in (True) or a wrong password (False): `attempts` wrong in a row
+        lock the account for `lockout_s`."""
+        if signed_in:
+            return replace(self, failed=0)
+        failed = self.failed + 1
+        return Lockout(0, now + lockout_s) if failed >= attempts else Lockout(failed, 0)
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """One sign-in attempt decided: the account or the refusal, and the lockout state after it."""
+
+    account: Account | None
+    refusal: AccessDenied | None
+    lockout: Lockout | None  # None: no account of that name
+    counted: bool  # the lockout counts it (a wrong password or a sign-in of an existing account)
+
+    def signed_in(self) -> Account:
+        """The account, or the refusal raised."""
+        if self.account is None:
+            raise self.refusal or AccessDenied("login incorrect")
+        return self.account
+
+
+def lockout_of(store: Store, name: str) -> Lockout | None:
+    """The account's lockout state as the store holds it; None if there is no such account."""
     row = _row(store, name)
-    if row is not None and row[3] > now:
-        raise AccessDenied(f"account locked for another {row[3] - now} s after too many wrong passwords")
+    return None if row is None else Lockout(row[2], row[3])
+
+
+def set_lockout(conn: sqlite3.Connection, name: str, lockout: Lockout) -> None:
+    """Write an account's lockout state (inside the caller's transaction)."""
+    conn.execute(
+        "UPDATE console_users SET failed_attempts = ?, locked_until = ? WHERE name = ?",
+        (lockout.failed, lockout.locked_until, name),
+    )
+
+
+def attempt(
+    store: Store,
+    name: str,
+    password: str | None,
+    before: Lockout | None,
+    now: int,
+    attempts: int,
+    lockout_s: int,
+) -> SignIn:
+    """The lockout rule, deciding without writing: the daemon's login() stores its outcome, the console
+    without the daemon spools it. A locked account is refused even with the right password, so
+    guessing gains nothing."""
+    if before is not None and before.locked_until > now:
+        wait = before.locked_until - now
+        return SignIn(
+            None,
+            AccessDenied(f"account locked for another {wait} s after too many wrong passwords"),
+            before,
+            False,
+        )
     try:
         account = check_login(store, name, password)
-    except AccessDenied:
-        if row is None or password is None:
-            raise
-        failed = row[2] + 1
-        locked = failed >= attempts
+    except AccessDenied as exc:
+        if before is None or password is None:
+            return SignIn(None, exc, before, False)
+        after = before.after(False, now, attempts, lockout_s)
+        locked = AccessDenied(f"login incorrect; the account is locked for {lockout_s} s")
+        return SignIn(None, locked if after.locked_until else exc, after, True)
+    if before is None:
+        return SignIn(account, None, None, False)
+    return SignIn(account, None, before.after(True, now, attempts, lockout_s), True)
+
+
+def login(store: Store, name: str, password: str | None, now: int, attempts: int, lockout_s: int) -> Account:
+    """Sign in with the lockout (attempt()), and store the account's lockout state it leaves."""
+    before = lockout_of(store, name)
+    result = attempt(store, name, password, before, now, attempts, lockout_s)
+    if result.lockout is not None and result.lockout != before:
         with store.transaction() as conn:
-            conn.execute(
-                "UPDATE console_users SET failed_attempts = ?, locked_until = ? WHERE name = ?",
-                (0 if locked else failed, now + lockout_s if locked else 0, name),
-            )
-        if locked:
-            raise AccessDenied(f"login incorrect; the account is locked for {lockout_s} s") from None
-        raise
-    if row is not None and row[2]:
-        with store.transaction() as conn:
-            conn.execute("UPDATE console_users SET failed_attempts = 0 WHERE name = ?", (name,))
-    return account
+            set_lockout(conn, name, result.lockout)
+    return result.signed_in()
 
 
 def audit(store: Store, now: int, account: Account | None, command: str, outcome: str) -> None:

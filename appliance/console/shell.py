@@ -3,9 +3,17 @@ account), network-gear style: `show ...`, abbreviations, tab completion, `?` for
 
 It signs in and works through the daemon's control socket, which checks the role and audits every
 command; `show` and `export` read the store itself, read-only. It never opens a serial port. While
-the daemon is down it still signs in (against the accounts in the store, read-only) and shows what
-the store holds; what needs the daemon says so. Nothing can be audited then: the store is read-only
-to the console, and the daemon is the one that writes.
+the daemon is down it still signs in (against the accounts in the store, read-only, with the lockout
+the daemon would apply) and shows what the store holds; what needs the daemon says so. Its audit
+entries then go to the spool the daemon imports when it is back (console/spool.py): every sign-in,
+refused or not, and every command but help and exit, with its outcome, as the daemon writes them.
+
+A spool that cannot be written (permissions, full disk, its size cap) must not let anybody work
+unaudited, nor lock the technician out of the one look at the box left while the daemon is down: the
+console says so on a `%` line, and until the session ends runs only what the group may read without
+signing in (the daemon's `status` request: show status|gps|modem|wan|buffer|version), help and exit.
+Wrong passwords that cannot be written down do not count towards the lockout, but the right one
+opens no more than that either.
 """
 
 from __future__ import annotations
@@ -29,18 +37,37 @@ from typing import Any
 from appliance import __version__
 from appliance.clock import Clock
 from appliance.config import Config
-from appliance.console import accounts, settings, views
+from appliance.console import accounts, settings, spool, views
 from appliance.console.accounts import Account, Role
 from appliance.console.export import export_readings
 from appliance.console.grammar import COMMANDS, Parsed, candidates, parse
 from appliance.control import MAX_FAILED_LOGINS, OPS, ControlClient
-from appliance.errors import AccessDenied, ConsoleInputError, ControlError, DaemonUnavailable, HesError
+from appliance.errors import (
+    AccessDenied,
+    AuditSpoolError,
+    ConsoleInputError,
+    ControlError,
+    DaemonUnavailable,
+    HesError,
+)
+from appliance.model import epoch
 from appliance.status import backlog_status, format_status, read_status
 from appliance.store import Store, open_store
 from appliance.store.registry import list_meters
 from appliance.store.schema import MIGRATIONS
 
 BUS_TIMEOUT_S = 120.0  # reading a meter or switching its relay: a DLMS association and a retry or two
+NEVER_AUDITED = frozenset({"help", "exit"})  # the daemon never hears of them either
+# What runs while the spool cannot be written: what needs no sign-in at the daemon (its `status`
+# request), help and exit.
+WITHOUT_AUDIT = NEVER_AUDITED | {
+    "show status",
+    "show gps",
+    "show modem",
+    "show wan",
+    "show buffer",
+    "show version",
+}
 
 
 class _Idle(Exception):  # control flow, not an error: the session ends quietly
@@ -57,6 +84,8 @@ class Console:
         self.account: Account | None = None
         self._store: Store | None = None
         self._matches: list[str] = []
+        self._spool = spool.spool_path(config)
+        self._unaudited = False  # the spool could not be written: only WITHOUT_AUDIT runs
 
     # --- the session ---
 
@@ -66,7 +95,10 @@ class Console:
         try:
             self.client = ControlClient(self.config.console.socket)
         except DaemonUnavailable:
-            print("% The daemon is not running: showing what the store holds; commands are not audited.")
+            print(
+                "% The daemon is not running: showing what the store holds;"
+                f" the audit trail waits in {self._spool} for it."
+            )
         except ControlError as exc:
             print(f"% {exc}")
             return 1
@@ -129,7 +161,7 @@ class Console:
                     answer = self.client.request("login", user=name, password=password)
                     self.account = Account(answer["user"], Role.named(answer["role"]))
                 else:
-                    self.account = accounts.check_login(self._read_store(), name, password)
+                    self.account = self._sign_in_offline(name, password)
             except HesError as exc:
                 print(f"% {exc}")
                 if self.config.console.auth == "os" or isinstance(exc, DaemonUnavailable):
@@ -140,6 +172,30 @@ class Console:
             return True
         print("% Too many failed sign-ins.")
         return False
+
+    def _sign_in_offline(self, name: str, password: str | None) -> Account:
+        """The daemon's sign-in and lockout over the read-only store and the spool; spooled."""
+        console, now = self.config.console, epoch(self.clock.now())
+        store = self._read_store()
+        before = spool.lockout(store, self._spool, name, console.lockout_attempts, console.lockout_s)
+        result = accounts.attempt(
+            store, name, password, before, now, console.lockout_attempts, console.lockout_s
+        )
+        self._spool_entry(spool.Entry.sign_in(now, name, result))
+        return result.signed_in()
+
+    def _spool_entry(self, entry: spool.Entry) -> None:
+        """Append to the spool; if it cannot be written, say so once and run only WITHOUT_AUDIT."""
+        if self._unaudited:
+            return
+        try:
+            spool.append(self._spool, entry)
+        except AuditSpoolError as exc:
+            self._unaudited = True
+            print(
+                f"% {exc}: nothing can be audited, so until you log out only show"
+                " status|gps|modem|wan|buffer|version, help and exit run."
+            )
 
     def _setup_readline(self) -> None:
         readline.set_completer(self._complete)
@@ -195,6 +251,8 @@ class Console:
                 return True
             if parsed.command.key == "exit":
                 return False
+            if self.client is None and parsed.command.key not in NEVER_AUDITED:
+                return self._run_spooled(parsed, stripped)
             return self._run(parsed, stripped)
         except ConsoleInputError as exc:
             print(f"% {exc}")
@@ -208,6 +266,25 @@ class Console:
         except HesError as exc:
             print(f"% {exc}")
         return True
+
+    def _run_spooled(self, parsed: Parsed, line: str) -> bool:
+        """Without the daemon: run a command and spool its audit entry as the daemon would write it."""
+        if self._unaudited and parsed.command.key not in WITHOUT_AUDIT:
+            raise AccessDenied(f"{parsed.command.key} cannot run: the audit spool cannot be written")
+        outcome = "ok"
+        try:
+            return self._run(parsed, line)
+        except AccessDenied:
+            outcome = "denied"
+            raise
+        except HesError as exc:
+            outcome = f"failed: {exc}"
+            raise
+        except BaseException:  # Ctrl-C or the idle timeout in the middle: it may have shown something
+            outcome = "interrupted"
+            raise
+        finally:
+            self._spool_entry(spool.Entry.new(epoch(self.clock.now()), self.account, line, outcome))
 
     def _help_for(self, before: str) -> None:
         """`?`: what may come next, with help; the typed words are offered again for editing."""

@@ -339,4 +339,10 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE commands ADD COLUMN reply_correlation BLOB",
         "ALTER TABLE outbox ADD COLUMN correlation_data BLOB",
     ],
+    # The console's audit spool (console/spool.py): each spooled entry's id, unique, so a spool
+    # imported twice (the daemon killed between the commit and the unlink) adds nothing.
+    [
+        "ALTER TABLE console_audit ADD COLUMN spool_id TEXT",
+        "CREATE UNIQUE INDEX console_audit_spool_id ON console_audit (spool_id)",
+    ],
 ]
