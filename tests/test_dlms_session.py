@@ -414,7 +414,7 @@ def test_a_meter_that_goes_silent_in_the_middle_of_a_profile(line: tuple[Line, S
     started = time.monotonic()
     with pytest.raises(DeviceTimeout):
         session.get_range(PROFILE, now() - dt.timedelta(days=1), now())
-    assert 0.35 < time.monotonic() - started < 0.4 + 0.3
+    assert 0.35 < time.monotonic() - started < 0.4 + 0.8  # a timeout per frame would be far more
     assert not session.associated
     spoiler.pass_chunks = None
     # gurux's server keeps its send sequence number across the SNRM after an answer cut short (a

@@ -273,8 +273,9 @@ def test_kill_9_fifty_times(substation: Substation) -> None:
 
 def test_the_daemon_feeds_the_watchdog_when_systemd_asks(substation: Substation) -> None:
     substation.start_daemon(watchdog_usec=1_000_000)  # WatchdogSec=1s: a ping every half second
-    pings = [n for n in substation.notifications(2.5) if n == b"WATCHDOG=1"]
-    assert 3 <= len(pings) <= 6
+    # Over 4 s, of which the start takes up to a second or two on a loaded machine.
+    pings = [n for n in substation.notifications(4.0) if n == b"WATCHDOG=1"]
+    assert 3 <= len(pings) <= 9
     assert substation.stop_daemon() == 0
 
 

@@ -132,7 +132,7 @@ def test_activity_flashes_for_50_ms_and_a_flash_while_lit_is_absorbed(
     time.sleep(0.3)
     changes = [(t, lit) for t, lit in gpio.changes(PINS[Led.RS485]) if t >= start]
     assert [lit for _, lit in changes] == [True, False]
-    assert 0.04 <= changes[1][0] - changes[0][0] < 0.2
+    assert 0.04 <= changes[1][0] - changes[0][0] < 0.5  # 50 ms, and a loaded machine's late wake-up
     panel.flash(Led.RS485)
     time.sleep(0.2)
     assert len(rises(gpio, Led.RS485)) == 2
@@ -185,8 +185,8 @@ def test_a_panel_that_cannot_be_driven_stays_dark_and_the_daemon_goes_on(
         panel = open_panel(config.leds)
     try:
         assert [r.getMessage() for r in caplog.records] == [
-            "LED panel stays dark: GPIO unavailable (No module named 'RPi'): install rpi-lgpio,"
-            " or use backend 'fake'"
+            "LED panel stays dark: GPIO unavailable (No module named 'RPi'): install the pi extra"
+            " (rpi-lgpio), or use backend 'fake'"
         ]
         panel.show({Led.GPS: Pattern.SOLID})
         assert panel.patterns()[Led.GPS] is Pattern.SOLID  # still known for the status document

@@ -709,6 +709,6 @@ def test_pacing_takes_the_wire_time_and_the_turnaround(tmp_path: Path) -> None:
         elapsed = time.monotonic() - started
         frames = 5
         wire = (io.sent + io.received) * 10 / 19200 + frames * 0.020
-        assert wire <= elapsed < wire * 2 + 0.1
+        assert wire <= elapsed < wire * 2 + 0.4  # the processing of two Python processes on top
         meter.release()
         io.close()

@@ -288,7 +288,8 @@ def test_each_rung_of_the_ladder_brings_the_link_back(tmp_path: Path, rung: Rung
         restored = next(a for a in rig.alarms() if a.event_type == WAN_RESTORED)
         assert dict(restored.details)["recovery"] == ", ".join(r.value for r in climbed)
         lost = next(a for a in rig.alarms() if a.event_type == WAN_LOST)
-        assert dict(lost.details)["cause"] == "MQTT disconnected" and lost.created < restored.created
+        # CIM times are whole seconds: a recovery within the second of the loss has the same time.
+        assert dict(lost.details)["cause"] == "MQTT disconnected" and lost.created <= restored.created
         resets = [dict(a.details)["method"] for a in rig.alarms() if a.event_type == MODEM_RESET]
         expected = {
             Rung.RECONNECT: [],

@@ -221,8 +221,8 @@ class DlmsListener(threading.Thread):
                     connection = _DeviceConnection(self, InboundConnection(sock, peer))
                     self._connections.add(connection)
             if full:
+                self.count("turned_away")  # before the caller sees the close
                 sock.close()
-                self.count("turned_away")
                 if not crowded:  # once per crowded spell, not once per caller
                     log.warning(
                         "listener: %d connections open, turning away %s and others", self.active, peer
