@@ -117,6 +117,7 @@ def build(config: Config, clock: Clock, store: Store, leds: LedPanel, stop: thre
         if config.listener.enabled
         else []
     )
+    collector.listener = listener[0] if listener else None  # commands to the WAN meters that call
     tariffs = _tariffs(config, collector, clock, pump, stop)
     threads = [pump, *collector.workers.values(), *gps, commands, health, control, *listener, *tariffs]
     return Daemon(config, clock, store, leds, stop, link, pump, collector, health, control, threads)

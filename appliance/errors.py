@@ -69,6 +69,11 @@ class UnknownMeter(HesError):
     """A request names a meter that is not registered, or whose bus is not running."""
 
 
+class NotConnected(UnknownMeter):
+    """A WAN meter that has no connection open: a job for it waits for its call until its deadline,
+    and one with no deadline (the console's) is refused at once."""
+
+
 class ControlError(HesError):
     """A request over the control socket failed: refused, malformed, or the daemon could not do it."""
 

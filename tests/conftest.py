@@ -15,6 +15,16 @@ from appliance.uplink import cim
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIM = REPO.parent / "shared" / "cim" / "xsd"
+# The uplink and MQTT settings of a test daemon that must answer the MDM within a second or two.
+QUICK_UPLINK = """
+[uplink]
+scan_interval_s = 0.2
+status_interval_s = 1
+
+[mqtt]
+reconnect_min_s = 0.2
+reconnect_max_s = 1
+"""
 
 
 class CimSchemas:

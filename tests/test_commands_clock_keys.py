@@ -24,24 +24,18 @@ from appliance.sim.mdm import (
     wrap_key,
 )
 from appliance.sim.substation import Substation
-from tests.conftest import CimSchemas, write_config
+from tests.conftest import QUICK_UPLINK, CimSchemas, write_config
 
 CLOCK_SYNC = "3.36.116.13"
 CLOCK_SET_EVENT = "3.36.116.24"
 METER_OFFSET_S = 60.0
 
-CONFIG = """
+CONFIG = QUICK_UPLINK + (
+    """
 [hes]
 id = "hes-ck"
 log_level = "debug"
 
-[uplink]
-scan_interval_s = 0.2
-status_interval_s = 1
-
-[mqtt]
-reconnect_min_s = 0.2
-reconnect_max_s = 1
 
 [bus_defaults]
 timeout_ms = 300
@@ -56,6 +50,7 @@ model = "dlms-generic"
 client_address = 1
 auth = "low"
 """
+)
 
 KEK = bytes.fromhex("8f1d2c3b4a5968778695a4b3c2d1e0f00f1e2d3c4b5a69788796a5b4c3d2e1f0")
 PASSWORD = "mdm-low-Secret-7"

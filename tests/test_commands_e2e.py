@@ -24,22 +24,16 @@ from appliance.sim.mdm import (
     request_message,
 )
 from appliance.sim.substation import Substation
-from tests.conftest import CimSchemas, write_config
+from tests.conftest import QUICK_UPLINK, CimSchemas, write_config
 
 DISCONNECT, CONNECT, ARM = "3.31.0.23", "3.31.0.18", "3.31.0.5"
 
-CONFIG = """
+CONFIG = QUICK_UPLINK + (
+    """
 [hes]
 id = "hes-cmd"
 log_level = "debug"
 
-[uplink]
-scan_interval_s = 0.2
-status_interval_s = 1
-
-[mqtt]
-reconnect_min_s = 0.2
-reconnect_max_s = 1
 
 [commands]
 relay_max_operations = 3
@@ -64,6 +58,7 @@ model = "dlms-generic"
 client_address = 1
 auth = "low"
 """
+)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from appliance.store.registry import register_config_meters
 from appliance.store.tariffs import journal_of, tariff_assignments
 from appliance.tariff.service import Settings, TariffService, assign
 from appliance.uplink import cim
-from tests.conftest import REPO, SHARED_CIM, CimSchemas, meter_spec, write_config
+from tests.conftest import QUICK_UPLINK, REPO, SHARED_CIM, CimSchemas, meter_spec, write_config
 from tests.test_commands_e2e import start_and_wait_online
 from tests.test_prepay import A_PLUS_15, POLICY, SteppedClock, credit_payload
 
@@ -129,18 +129,12 @@ def test_an_assignment_is_stored_taken_up_without_a_restart_and_kept_after_one(
     store.close()
 
 
-CONFIG = """
+CONFIG = QUICK_UPLINK + (
+    """
 [hes]
 id = "hes-tariff"
 log_level = "debug"
 
-[uplink]
-scan_interval_s = 0.2
-status_interval_s = 1
-
-[mqtt]
-reconnect_min_s = 0.2
-reconnect_max_s = 1
 
 [bus_defaults]
 timeout_ms = 300
@@ -153,6 +147,7 @@ address = 1
 model = "generic-wh32"
 poll_interval_s = 60
 """
+)
 
 
 @pytest.fixture

@@ -70,13 +70,23 @@ class BusAccess:
         """The bus's settings."""
         return self.worker.spec
 
+    @property
+    def housekeeping(self) -> Housekeeping:
+        """Where a job saves what it read (the bus's quality checks and the uplink's wake-up)."""
+        return self.worker.housekeeping
+
+    def interval(self, meter: MeterSpec, task: Task) -> int:
+        """Seconds between two reads of `task` of `meter` (0: never)."""
+        return self.worker.interval(meter, task)
+
     def dlms(self, meter: MeterSpec) -> Any:
         """A DlmsSession with `meter`, to use as a context manager (keys and counters handled)."""
         return self.dlms_reader.session(meter, self.store)
 
-    def poll(self, meter: MeterSpec, tasks: frozenset[Task]) -> PollResult:
-        """Read `tasks` of `meter` now, stamped with the current slot of its register schedule."""
-        slot = self.worker.clock.slot_start(self.worker.interval(meter, Task.REGISTERS) or 1)
+    def poll(self, meter: MeterSpec, tasks: frozenset[Task], stamp: datetime | None = None) -> PollResult:
+        """Read `tasks` of `meter` now, stamped `stamp` (default: the current slot of its register
+        schedule)."""
+        slot = stamp or self.worker.clock.slot_start(self.worker.interval(meter, Task.REGISTERS) or 1)
         reader = self.modbus if meter.protocol is Protocol.MODBUS else self.dlms_reader
         return reader.read(meter, get_model(meter.model), slot, self.store, tasks)  # type: ignore[arg-type]
 

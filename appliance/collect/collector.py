@@ -1,6 +1,7 @@
 """The collection system as the rest of the daemon sees it: the bus workers and the meter registry.
 
-Commands (MDM, console) reach a meter through `submit`; registrations from the MDM and discovery go
+Commands (MDM, console) reach a meter through `submit`: on its RS-485 bus, or on its own connection
+when it is a WAN meter (the listener, once attached). Registrations from the MDM and discovery go
 through `register`, land in the store first (so they survive a restart) and reach the bus at once.
 """
 
@@ -17,13 +18,15 @@ from appliance.clock import Clock
 from appliance.collect.bus import BusAccess, BusWorker
 from appliance.collect.discovery import Discovered
 from appliance.collect.jobs import JobPriority
+from appliance.collect.listener import DlmsListener
 from appliance.collect.readers import DlmsReader, ModbusReader
 from appliance.config import Config, MeterSpec
 from appliance.errors import TransportError, UnknownMeter
 from appliance.housekeeping import Housekeeping
 from appliance.model import epoch
 from appliance.store import Store, open_store
-from appliance.store.registry import ACTIVE, active_meters, register_meter, remove_meter
+from appliance.store.registry import ACTIVE, active_meters, reachable_wan_meter, register_meter, remove_meter
+from appliance.store.wan_devices import WAN_BUS
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class Collector:
         self.config, self.clock, self.housekeeping = config, clock, housekeeping
         self._store_factory = store_factory
         self._lock = threading.Lock()
+        self.listener: DlmsListener | None = None  # the WAN meters' line, when [listener] is enabled
         meters = active_meters(store)
         self.workers = {
             name: BusWorker(
@@ -71,23 +75,35 @@ class Collector:
             worker.start()
 
     def meter(self, meter_id: str) -> MeterSpec | None:
-        """A meter polled on one of the buses, or None."""
+        """A meter polled on one of the buses, or a WAN meter that calls in (not one behind a DCU,
+        which only reports), or None."""
         for worker in self.workers.values():
             for meter in worker.meters():
                 if meter.id == meter_id:
                     return meter
-        return None
+        if self.listener is None:
+            return None
+        with self._store() as store:
+            return reachable_wan_meter(store, meter_id)
+
+    def lane(self, meter: MeterSpec) -> str:
+        """What a command to `meter` waits for: its bus, or a WAN meter's own connection."""
+        return f"{WAN_BUS}:{meter.id}" if meter.bus == WAN_BUS else meter.bus
 
     def submit(
         self,
         meter_id: str,
-        action: Callable[[BusAccess, MeterSpec], Any],
+        action: Callable[[Any, MeterSpec], Any],
         priority: JobPriority = JobPriority.COMMAND,
+        deadline: int | None = None,
     ) -> Future:
-        """Run `action(access, meter)` on the meter's bus at the next request boundary."""
+        """Run `action(access, meter)` on the meter's bus at the next request boundary. A WAN meter's
+        job waits for its call until `deadline` (epoch s); without one, it must be connected now."""
         meter = self.meter(meter_id)
         if meter is None:
             raise UnknownMeter(f"meter {meter_id!r} is not registered on a running bus")
+        if meter.bus == WAN_BUS and self.listener is not None:
+            return self.listener.submit(meter, action, deadline)
         return self.workers[meter.bus].submit(lambda access: action(access, meter), priority, meter_id)
 
     def submit_bus(
@@ -100,7 +116,16 @@ class Collector:
         return worker.submit(action, priority, f"bus {bus}")
 
     def register(self, meter: MeterSpec, source: str) -> None:
-        """Register or change a meter (stored first), and poll it from now on."""
+        """Register or change a meter (stored first), and poll it from now on. A WAN meter only
+        changes (it registers by calling); its connection takes the change at once."""
+        if meter.bus == WAN_BUS and self.listener is not None:
+            with self._lock, self._store() as store:
+                if reachable_wan_meter(store, meter.id) is None:
+                    raise UnknownMeter(f"no WAN meter {meter.id!r} has called; it registers by calling")
+                register_meter(store, meter, source, epoch(self.clock.now()), ACTIVE)
+                self.listener.set_meter(meter.id, meter)
+            log.info("WAN meter %s changed (%s)", meter.id, source)
+            return
         if meter.bus not in self.workers:
             raise UnknownMeter(f"bus {meter.bus!r} is not running; running: {sorted(self.workers)}")
         with self._lock, self._store() as store:
@@ -117,6 +142,8 @@ class Collector:
             removed = remove_meter(store, meter_id, epoch(self.clock.now()))
             for worker in self.workers.values():
                 worker.drop_meter(meter_id)
+            if removed and self.listener is not None:
+                self.listener.set_meter(meter_id, None)  # its connection ends; a call again is refused
         if removed:
             log.info("meter %s removed", meter_id)
         return removed

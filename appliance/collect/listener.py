@@ -9,6 +9,10 @@ socket the meter opened); a DCU pushes the values of the meters behind it (`dlms
 are registered as its children. The connection stays open until the device hangs up or stays
 silent for `idle_timeout_s`.
 
+Commands reach a WAN meter through `submit` (the Collector routes them here): a job waits for the
+meter's connection, runs on its thread between two polls, and fails with NotConnected when its
+deadline passes first (the request expires); a job without a deadline needs the meter connected now.
+
 Bounded by construction: at most `max_connections` connections (one thread each; one more is closed
 as soon as it is accepted), every frame must be whole within `timeout_ms` of being asked for or
 begun, and a connection that sends garbage, says nothing or trickles bytes is closed alone, with one
@@ -26,8 +30,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from appliance.clock import Clock
 from appliance.collect.dlms import apdu
@@ -38,9 +44,16 @@ from appliance.collect.dlms.wrapper import decode_wrapper, wrapper_bytes_needed
 from appliance.collect.jobs import Task
 from appliance.collect.meters import get_model
 from appliance.collect.meters.dlms import DlmsModel, scaled_value
-from appliance.collect.readers import DlmsReader
+from appliance.collect.readers import DlmsReader, PollResult
 from appliance.config import BusSpec, Config, ListenerSection, MeterSpec
-from appliance.errors import DeviceError, DeviceTimeout, ProtocolError, StoreError, TransportError
+from appliance.errors import (
+    DeviceError,
+    DeviceTimeout,
+    NotConnected,
+    ProtocolError,
+    StoreError,
+    TransportError,
+)
 from appliance.housekeeping import Housekeeping
 from appliance.model import Event, Protocol, Reading, epoch
 from appliance.store import Store
@@ -130,6 +143,42 @@ class _WanReader(DlmsReader):
         return replace(super().settings(meter), framing="wrapper", physical=None)
 
 
+@dataclass(frozen=True)
+class _WanJob:
+    """A command job waiting for its meter's connection; `deadline` in epoch seconds of the HES clock."""
+
+    action: Callable[[Any, MeterSpec], Any]
+    future: Future
+    deadline: int | None
+
+
+@dataclass
+class WanAccess:
+    """What a command job gets on a WAN meter's connection (commands.jobs.MeterAccess)."""
+
+    store: Store
+    reader: DlmsReader
+    listener: DlmsListener
+
+    @property
+    def housekeeping(self) -> Housekeeping:
+        """Where a job saves what it read."""
+        return self.listener.housekeeping
+
+    def interval(self, meter: MeterSpec, task: Task) -> int:
+        """Seconds between two reads of `task` of `meter` (0: never)."""
+        return self.listener.interval(meter, task)
+
+    def dlms(self, meter: MeterSpec) -> Any:
+        """A DlmsSession with `meter` over its connection, as a context manager."""
+        return self.reader.session(meter, self.store)
+
+    def poll(self, meter: MeterSpec, tasks: frozenset[Task], stamp: datetime | None = None) -> PollResult:
+        """Read `tasks` of `meter` now, stamped `stamp` (default: the current slot of its registers)."""
+        slot = stamp or self.listener.clock.slot_start(self.listener.interval(meter, Task.REGISTERS) or 1)
+        return self.reader.read(meter, get_model(meter.model), slot, self.store, tasks)  # type: ignore[arg-type]
+
+
 class DlmsListener(threading.Thread):
     """Accepts WAN devices on `[listener]` port, one `_DeviceConnection` thread each."""
 
@@ -154,6 +203,8 @@ class DlmsListener(threading.Thread):
         self._connections: set[_DeviceConnection] = set()
         self._by_device: dict[str, _DeviceConnection] = {}  # admitted connections, by logical name
         self._due: dict[tuple[str, Task], datetime] = {}  # per meter and task, across its connections
+        self._jobs: dict[str, list[_WanJob]] = {}  # command jobs by meter mRID, oldest first
+        self._specs: dict[str, MeterSpec | None] = {}  # registry changes for connected meters to pick up
         # The bus-like settings the meter reader takes: the WAN's answer timeout, no retries (TCP).
         self.wan_bus = BusSpec(WAN_BUS, True, "", 9600, "N", 8, 1, False, self.settings.timeout_ms, 0, 3600)
 
@@ -206,6 +257,7 @@ class DlmsListener(threading.Thread):
         crowded = False
         while not self.halt.is_set():
             self.heartbeat = time.monotonic()
+            self._expire_jobs()
             try:
                 sock, address = server.accept()
             except TimeoutError:
@@ -254,6 +306,53 @@ class DlmsListener(threading.Thread):
             if self._by_device.get(connection.name_seen) is connection:
                 del self._by_device[connection.name_seen]
 
+    # -- commands, for the meters that call
+
+    def connected(self, mrid: str) -> bool:
+        """Whether meter `mrid` has an admitted connection open now."""
+        with self._lock:
+            return any(c.mrid == mrid for c in self._by_device.values())
+
+    def submit(
+        self, meter: MeterSpec, action: Callable[[Any, MeterSpec], Any], deadline: int | None
+    ) -> Future:
+        """Run `action(access, meter)` on the meter's connection, now or when it calls before `deadline`."""
+        if deadline is None and not self.connected(meter.id):
+            raise NotConnected(f"WAN meter {meter.id} is not connected now; it is reached when it calls")
+        future: Future = Future()
+        with self._lock:
+            self._jobs.setdefault(meter.id, []).append(_WanJob(action, future, deadline))
+        return future
+
+    def take_job(self, mrid: str) -> _WanJob | None:
+        """The oldest job waiting for `mrid` (its connection's thread runs it)."""
+        with self._lock:
+            waiting = self._jobs.get(mrid)
+            return waiting.pop(0) if waiting else None
+
+    def _expire_jobs(self) -> None:
+        now = epoch(self.clock.now())
+        expired: list[_WanJob] = []
+        with self._lock:
+            for mrid, jobs in list(self._jobs.items()):
+                expired += [j for j in jobs if j.deadline is not None and j.deadline <= now]
+                self._jobs[mrid] = [j for j in jobs if j.deadline is None or j.deadline > now]
+        for job in expired:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(NotConnected("the meter did not call before the request expired"))
+
+    def set_meter(self, mrid: str, spec: MeterSpec | None) -> None:
+        """The registry changed `mrid` (None: removed): its connection picks the change up, or ends."""
+        with self._lock:
+            self._specs[mrid] = spec
+
+    def changed_meter(self, mrid: str) -> tuple[bool, MeterSpec | None]:
+        """(True, the new spec or None if removed) once after `set_meter`, else (False, None)."""
+        with self._lock:
+            if mrid not in self._specs:
+                return False, None
+            return True, self._specs.pop(mrid)
+
     # -- schedules, shared by the connections of one meter
 
     def interval(self, meter: MeterSpec, task: Task) -> int:
@@ -300,6 +399,7 @@ class _DeviceConnection(threading.Thread):
         self.listener, self.port = listener, port
         self.timeout_s = listener.settings.timeout_ms / 1000
         self.name_seen = ""
+        self.mrid = ""  # of the admitted device
         self.last_heard = time.monotonic()
         self.replaced = False  # the device called again: this connection is a stale one
 
@@ -322,6 +422,7 @@ class _DeviceConnection(threading.Thread):
             if device is None:
                 reason = "refused"
                 return
+            self.mrid = device.mrid
             previous = listener.claim(device.logical_name, self)
             if previous is not None:  # a half-open connection the device gave up on: one at a time
                 previous.replaced = True
@@ -452,6 +553,14 @@ class _DeviceConnection(threading.Thread):
         reader = _WanReader(self.port, listener.wan_bus, listener.clock, listener.config.meter_time)
         while not listener.halt.is_set():
             if meter is not None:
+                changed, spec = listener.changed_meter(meter.id)
+                if changed and spec is None:
+                    return "removed"
+                meter = spec or meter
+                job = listener.take_job(meter.id)
+                if job is not None:
+                    self._run_job(WanAccess(store, reader, listener), meter, job)
+                    continue
                 tasks = listener.due_tasks(meter)
                 if tasks:
                     self._poll(store, reader, meter, tasks)
@@ -463,6 +572,20 @@ class _DeviceConnection(threading.Thread):
             if data is not None:
                 self._take_push(store, device, self._push(data))
         return "stopping"
+
+    def _run_job(self, access: WanAccess, meter: MeterSpec, job: _WanJob) -> None:
+        """A command job between two polls; a failure of the line itself ends the connection, as a
+        failed poll does (the job's future holds the error either way)."""
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            job.future.set_result(job.action(access, meter))
+        except (DeviceTimeout, ProtocolError, TransportError) as exc:
+            job.future.set_exception(exc)
+            raise
+        except Exception as exc:  # the job's error belongs to whoever waits for it
+            job.future.set_exception(exc)
+        self.last_heard = time.monotonic()
 
     def _meter_spec(self, store: Store, device: WanDevice) -> MeterSpec:
         found = registered_meter(store, device.mrid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from appliance.clock import Clock
 from appliance.collect import modbus
@@ -93,16 +94,19 @@ class DlmsReader:
         self.meter_time = meter_time
         self._scaler_units: dict[tuple[str, str], tuple[int, int]] = {}
         self._columns: dict[tuple[str, str], list[str]] = {}
-        # Secrets are read once per meter: the keys file, like the config, changes with a restart.
-        self._settings: dict[str, DlmsSettings] = {}
+        # Secrets are read once per meter, and again when its spec or its keys file changes (the MDM's
+        # change MeterConfig writes a new file and hands the bus a new spec while the daemon runs).
+        self._settings: dict[str, tuple[tuple[MeterSpec, tuple[int, int, int] | None], DlmsSettings]] = {}
         # One counter object per meter and key: each opening reserves a fresh block of counters.
         self._counters: dict[tuple[str, bytes, bytes], DlmsCounters] = {}
 
     def settings(self, meter: MeterSpec) -> DlmsSettings:
         """How to reach and authenticate to `meter`; secrets from its keys file, never the config."""
-        if meter.id not in self._settings:
-            self._settings[meter.id] = self._read_settings(meter)
-        return self._settings[meter.id]
+        version = (meter, _file_version(meter.keys_file))
+        cached = self._settings.get(meter.id)
+        if cached is None or cached[0] != version:
+            cached = self._settings[meter.id] = (version, self._read_settings(meter))
+        return cached[1]
 
     def _read_settings(self, meter: MeterSpec) -> DlmsSettings:
         secrets = read_meter_secrets(meter.keys_file) if meter.keys_file else {}
@@ -265,3 +269,14 @@ def _integer(value: axdr.Data, obis: str) -> int:
     if not isinstance(number, int) or isinstance(number, bool):
         raise ProtocolError(f"{obis}: expected an integer, got {value!r}")
     return number
+
+
+def _file_version(path: Path | None) -> tuple[int, int, int] | None:
+    """Inode, modification time and size of `path`: a rewritten keys file differs (None: no file)."""
+    if path is None:
+        return None
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_mtime_ns, found.st_size

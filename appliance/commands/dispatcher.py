@@ -42,6 +42,7 @@ from appliance.errors import (
     DeviceError,
     DeviceTimeout,
     HesError,
+    NotConnected,
     RequestRefused,
     StoreError,
     TariffError,
@@ -83,7 +84,7 @@ class _Done:
 
     command: int
     meter: str
-    bus: str
+    lane: str  # Collector.lane: the bus, or a WAN meter's connection
     future: Future
 
 
@@ -105,7 +106,7 @@ class CommandDispatcher(threading.Thread):
         self._store_factory, self._on_reply, self._halt = store_factory, on_reply, stop
         self.inbox: queue.Queue[InboundMessage | _Done] = queue.Queue()
         self.heartbeat = time.monotonic()
-        self._busy: dict[str, tuple[int, str]] = {}  # bus -> (command, meter) it is running for us
+        self._busy: dict[str, tuple[int, str]] = {}  # lane -> (command, meter) it is running for us
         self.keys_dir = config.hes.data_dir / "keys"
         self.tariffs = settings_from_config(config.tariffs)
         link.serve_requests(self.offer)
@@ -363,26 +364,31 @@ class CommandDispatcher(threading.Thread):
         if not needs_bus(request, meter):
             self._set(store, command.id, meter_id, State.SUCCEEDED)
             return
-        if meter.bus in self._busy:
-            return  # one job of ours per bus: the rest wait here, in priority order
+        lane = self.collector.lane(meter)
+        if lane in self._busy:
+            return  # one job of ours per bus (per WAN meter): the rest wait here, in priority order
         try:
             future = self.collector.submit(
-                meter_id, job_for(request, command.id, command.expires_at, self.clock)
+                meter_id,
+                job_for(request, command.id, command.expires_at, self.clock),
+                deadline=command.expires_at,  # a WAN meter's job waits for its call until then
             )
         except UnknownMeter as exc:
             self._set(store, command.id, meter_id, State.FAILED, codes.UNKNOWN_METER, str(exc))
             return
-        self._busy[meter.bus] = (command.id, meter_id)
+        self._busy[lane] = (command.id, meter_id)
         self._set(store, command.id, meter_id, State.QUEUED)
-        future.add_done_callback(lambda done: self.inbox.put(_Done(command.id, meter_id, meter.bus, done)))
+        future.add_done_callback(lambda done: self.inbox.put(_Done(command.id, meter_id, lane, done)))
 
     def _job_done(self, store: Store, done: _Done) -> None:
-        self._busy.pop(done.bus, None)
+        self._busy.pop(done.lane, None)
         try:
             outcome: Outcome = done.future.result()
         except RequestRefused as exc:
             state = State.EXPIRED if exc.code == codes.EXPIRED else State.FAILED
             self._set(store, done.command, done.meter, state, exc.code, exc.reason)
+        except NotConnected as exc:  # a WAN meter that did not call in time
+            self._set(store, done.command, done.meter, State.EXPIRED, codes.EXPIRED, str(exc))
         except DeviceTimeout as exc:
             self._set(store, done.command, done.meter, State.FAILED, codes.DEVICE_TIMEOUT, str(exc))
         except DeviceError as exc:

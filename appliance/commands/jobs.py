@@ -1,4 +1,5 @@
-"""What a request does on a meter's bus: runs on the bus thread (`Collector.submit`), the port in hand.
+"""What a request does on a meter: runs on the thread that owns the line to it (`Collector.submit`): its
+RS-485 bus worker, or the connection of a WAN meter that called (`MeterAccess` is what both give).
 
 Each job checks the request's expiry first (a command that waited too long is not carried out), marks
 its target executing in the journal, and returns an `Outcome`. Relay operations read the relay back
@@ -10,18 +11,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from appliance.clock import Clock
-from appliance.collect.bus import BusAccess
 from appliance.collect.dlms import axdr
 from appliance.collect.jobs import Task
 from appliance.collect.meter_time import ClockAction
 from appliance.collect.meters import get_model
+from appliance.collect.readers import PollResult
 from appliance.commands import codes
 from appliance.commands.requests import Request
 from appliance.config import MeterSpec
 from appliance.errors import RequestRefused
-from appliance.model import Protocol, epoch
+from appliance.housekeeping import Housekeeping
+from appliance.model import Protocol as MeterProtocol
+from appliance.model import epoch
+from appliance.store import Store
 from appliance.store.commands import mark_executing
 from appliance.store.readings import last_stored
 
@@ -33,6 +38,25 @@ EXPECTED_STATE = {"disconnect": "disconnected", "connect": "connected", "arm": "
 # Blue Book control modes in which remote_reconnect only arms the relay (the customer closes it);
 # in the others it closes the relay at once, so "arm" would switch a customer on unasked.
 ARMING_MODES = (2, 4)
+
+
+class MeterAccess(Protocol):
+    """The line to one meter as a job holds it: collect.bus.BusAccess, collect.listener.WanAccess."""
+
+    store: Store
+
+    @property
+    def housekeeping(self) -> Housekeeping:
+        """Where what a job read is saved."""
+
+    def interval(self, meter: MeterSpec, task: Task) -> int:
+        """Seconds between two reads of `task` of `meter` (0: never)."""
+
+    def dlms(self, meter: MeterSpec) -> Any:
+        """A DLMS session with `meter`, as a context manager."""
+
+    def poll(self, meter: MeterSpec, tasks: frozenset[Task], stamp: datetime | None = None) -> PollResult:
+        """Read `tasks` of `meter` now."""
 
 
 @dataclass(frozen=True)
@@ -47,10 +71,10 @@ class Outcome:
 
 def job_for(
     request: Request, command_id: int, expires_at: int, clock: Clock
-) -> Callable[[BusAccess, MeterSpec], Outcome]:
+) -> Callable[[MeterAccess, MeterSpec], Outcome]:
     """The bus job for one meter of `request`."""
 
-    def run(access: BusAccess, meter: MeterSpec) -> Outcome:
+    def run(access: MeterAccess, meter: MeterSpec) -> Outcome:
         now = clock.now()
         if epoch(now) >= expires_at:
             raise RequestRefused(codes.EXPIRED, "expired before its turn on the bus")
@@ -73,16 +97,16 @@ def needs_bus(request: Request, meter: MeterSpec) -> bool:
     if request.operation == "meter_config":
         return False
     if request.operation == "events":
-        return meter.protocol is Protocol.DLMS  # the event log is read first; Modbus meters have none
+        return meter.protocol is MeterProtocol.DLMS  # the event log is read first; Modbus meters have none
     return True
 
 
 def _dlms_only(meter: MeterSpec, what: str) -> None:
-    if meter.protocol is not Protocol.DLMS:
+    if meter.protocol is not MeterProtocol.DLMS:
         raise RequestRefused(codes.NOT_SUPPORTED, f"meter {meter.id}: a {meter.protocol} meter has no {what}")
 
 
-def relay(access: BusAccess, meter: MeterSpec, action: str) -> Outcome:
+def relay(access: MeterAccess, meter: MeterSpec, action: str) -> Outcome:
     """remote_disconnect or remote_reconnect on the disconnect control (class 70), then read back
     output_state and control_state."""
     _dlms_only(meter, "remote relay")
@@ -111,11 +135,11 @@ def relay(access: BusAccess, meter: MeterSpec, action: str) -> Outcome:
     return Outcome(True, detail)
 
 
-def clock_sync(access: BusAccess, meter: MeterSpec) -> Outcome:
+def clock_sync(access: MeterAccess, meter: MeterSpec) -> Outcome:
     """The meter-time policy applied now ([meter_time]): corrected, or why not."""
     _dlms_only(meter, "clock to set")
     result = access.poll(meter, frozenset({Task.CLOCK}))
-    access.worker.housekeeping.save(access.store, result.readings, result.events)
+    access.housekeeping.save(access.store, result.readings, result.events)
     decision = result.clock
     if decision is None:
         raise RequestRefused(codes.NOT_SUPPORTED, f"meter {meter.id}: no clock check configured")
@@ -134,17 +158,15 @@ def clock_sync(access: BusAccess, meter: MeterSpec) -> Outcome:
     return Outcome(False, detail, codes.FAILED, f"meter {meter.id}: clock not corrected: {why}")
 
 
-def read_now(access: BusAccess, meter: MeterSpec, clock: Clock) -> Outcome:
+def read_now(access: MeterAccess, meter: MeterSpec, clock: Clock) -> Outcome:
     """The meter's registers read now, stamped with the time of the read, stored like any reading."""
     stamp = clock.now().replace(microsecond=0)
-    model = get_model(meter.model)
-    reader = access.modbus if meter.protocol is Protocol.MODBUS else access.dlms_reader
-    result = reader.read(meter, model, stamp, access.store, frozenset({Task.REGISTERS}))  # type: ignore[arg-type]
-    access.worker.housekeeping.save(access.store, result.readings, result.events)
+    result = access.poll(meter, frozenset({Task.REGISTERS}), stamp)
+    access.housekeeping.save(access.store, result.readings, result.events)
     return Outcome(True, {"start": str(epoch(stamp)), "end": str(epoch(stamp) + 1)})
 
 
-def catch_up(access: BusAccess, meter: MeterSpec, end: int, clock: Clock) -> Outcome:
+def catch_up(access: MeterAccess, meter: MeterSpec, end: int, clock: Clock) -> Outcome:
     """Before a range is served from the store: read from the meter's profile what the store lacks
     at its end (an outage, a new meter)."""
     model = get_model(meter.model)
@@ -152,18 +174,18 @@ def catch_up(access: BusAccess, meter: MeterSpec, end: int, clock: Clock) -> Out
     if profile is None:
         return Outcome(True, {"source": "store"})
     last = last_stored(access.store, meter.id, list(profile.columns.values()))
-    period = timedelta(seconds=access.worker.interval(meter, Task.PROFILE) or 900)
+    period = timedelta(seconds=access.interval(meter, Task.PROFILE) or 900)
     if last is not None and last + period > min(clock.now(), datetime.fromtimestamp(end, last.tzinfo)):
         return Outcome(True, {"source": "store"})
     result = access.poll(meter, frozenset({Task.PROFILE}))
-    access.worker.housekeeping.save(access.store, result.readings, result.events)
+    access.housekeeping.save(access.store, result.readings, result.events)
     return Outcome(True, {"source": "store+meter", "readFromMeter": str(len(result.readings))})
 
 
-def read_event_log(access: BusAccess, meter: MeterSpec, clock: Clock) -> Outcome:
+def read_event_log(access: MeterAccess, meter: MeterSpec, clock: Clock) -> Outcome:
     """The meter's event log read since the newest stored event, so the store can answer."""
     result = access.poll(meter, frozenset({Task.EVENTS}))
-    access.worker.housekeeping.save(access.store, result.readings, result.events)
+    access.housekeeping.save(access.store, result.readings, result.events)
     return Outcome(True, {"readAt": str(epoch(clock.now()))})
 
 

@@ -21,6 +21,7 @@ from appliance.commands.requests import MeterEntry
 from appliance.config import DLMS_AUTH, Config, MeterSpec, read_meter_secrets
 from appliance.errors import RequestRefused
 from appliance.model import Protocol
+from appliance.store.wan_devices import WAN_BUS
 
 # ConnectionAttributes names (Connexo's name/value extension of MeterConfig) -> MeterSpec fields.
 INTEGER_SETTINGS = {
@@ -73,17 +74,21 @@ def meter_spec(entry: MeterEntry, config: Config, key_wrap_key: bytes | None, ke
         raise RequestRefused(
             codes.BAD_CONTENT, f"meter {entry.mrid}: model {entry.model} speaks {model.protocol}"
         )
-    bus = config.buses.get(str(fields.get("bus", "")))
-    if bus is None or not bus.enabled:
-        raise RequestRefused(
-            codes.BAD_CONTENT, f"meter {entry.mrid}: bus must be one of {sorted(config.buses)}"
-        )
-    if "address" not in fields:
-        raise RequestRefused(codes.BAD_CONTENT, f"meter {entry.mrid}: the address attribute is required")
-    address = int(fields["address"])  # type: ignore[call-overload]
-    low, high = (1, 247) if model.protocol is Protocol.MODBUS else (16, 16383)
-    if not low <= address <= high:
-        raise RequestRefused(codes.BAD_CONTENT, f"meter {entry.mrid}: address must be {low}-{high}")
+    bus_name = str(fields.get("bus", ""))
+    # A WAN meter (it calls the listener) has no bus address: the wrapper's wPort is its logical address.
+    wan = bus_name == WAN_BUS and config.listener.enabled and model.protocol is Protocol.DLMS
+    bus = config.buses.get(bus_name)
+    if not wan and (bus is None or not bus.enabled):
+        buses = sorted(config.buses) + ([WAN_BUS] if config.listener.enabled else [])
+        raise RequestRefused(codes.BAD_CONTENT, f"meter {entry.mrid}: bus must be one of {buses}")
+    address = 0
+    if not wan:
+        if "address" not in fields:
+            raise RequestRefused(codes.BAD_CONTENT, f"meter {entry.mrid}: the address attribute is required")
+        address = int(fields["address"])  # type: ignore[call-overload]
+        low, high = (1, 247) if model.protocol is Protocol.MODBUS else (16, 16383)
+        if not low <= address <= high:
+            raise RequestRefused(codes.BAD_CONTENT, f"meter {entry.mrid}: address must be {low}-{high}")
     if fields["auth"] not in DLMS_AUTH or (model.protocol is Protocol.MODBUS and fields["auth"] != "none"):
         raise RequestRefused(codes.BAD_CONTENT, f"meter {entry.mrid}: auth must be one of {list(DLMS_AUTH)}")
     auth = str(fields["auth"])
@@ -104,7 +109,7 @@ def meter_spec(entry: MeterEntry, config: Config, key_wrap_key: bytes | None, ke
         keys_file = existing
     return MeterSpec(
         id=entry.mrid,
-        bus=bus.name,
+        bus=bus_name,
         protocol=model.protocol,
         address=address,
         model=entry.model,

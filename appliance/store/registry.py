@@ -15,6 +15,7 @@ from typing import Any
 from appliance.config import MeterSpec
 from appliance.model import Protocol
 from appliance.store.db import Store
+from appliance.store.wan_devices import WAN_BUS
 
 ACTIVE, UNASSIGNED, REMOVED = "active", "unassigned", "removed"
 
@@ -132,6 +133,19 @@ def registered_meter(store: Store, mrid: str) -> tuple[MeterSpec, str, str] | No
     """One meter with its source and state, or None."""
     rows = list(store.query("SELECT * FROM meters WHERE mrid = ?", [mrid]))
     return (_spec(rows[0]), rows[0]["source"], rows[0]["state"]) if rows else None
+
+
+def reachable_wan_meter(store: Store, mrid: str) -> MeterSpec | None:
+    """An active meter that calls over the WAN itself (bus "wan"), or None; the meters behind a DCU
+    (identity "dcu") are not: the DCU reports for them and answers nothing."""
+    rows = list(
+        store.query(
+            "SELECT * FROM meters WHERE mrid = ? AND bus = ? AND state = ?"
+            " AND json_extract(identity, '$.dcu') IS NULL",
+            [mrid, WAN_BUS, ACTIVE],
+        )
+    )
+    return _spec(rows[0]) if rows else None
 
 
 def list_meters(store: Store) -> list[dict]:
