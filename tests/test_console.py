@@ -90,13 +90,18 @@ def readings_of(substation: Substation, meter: str) -> int:
 
 
 def hes(substation: Substation, *arguments: str, overlay: Path | None = None) -> pexpect.spawn:
-    """`hes console ...` on a fresh pty of 80x24, as on the serial console."""
+    """`hes console ...` with the substation's config (and `overlay`)."""
     configs = ["-c", str(substation.base_config), "-c", str(substation.overlay)]
     if overlay is not None:
         configs += ["-c", str(overlay)]
+    return spawn_console(*configs, *arguments)
+
+
+def spawn_console(*arguments: str) -> pexpect.spawn:
+    """`hes console ...` on a fresh pty of 80x24, as on the serial console."""
     return pexpect.spawn(
         sys.executable,
-        ["-m", "appliance", "console", *configs, *arguments],
+        ["-m", "appliance", "console", *arguments],
         dimensions=(24, 80),
         env={**os.environ, "TERM": "vt100"},
         encoding="utf-8",
@@ -111,12 +116,12 @@ def sign_in(child: pexpect.spawn, name: str, password: str = PASSWORD) -> None:
     child.sendline(password)
 
 
-def run(child: pexpect.spawn, line: str, *expected: str) -> str:
+def run(child: pexpect.spawn, line: str, *expected: str, prompt: str = PROMPT) -> str:
     """Type a command, wait for each expected pattern in turn and the next prompt; returns the output."""
     child.sendline(line)
     for pattern in expected:
         child.expect(pattern)
-    child.expect(PROMPT)
+    child.expect(prompt)
     return child.before
 
 

@@ -24,6 +24,8 @@ from appliance.control import ControlClient
 from appliance.errors import AccessDenied, AuditSpoolError
 from appliance.store import Store
 from tests.conftest import write_config
+from tests.test_console import run as console_line
+from tests.test_console import sign_in, spawn_console
 from tests.test_systemd_units import SYSTEMD, base_root, run, tool
 
 GROUP = grp.getgrgid(os.getgid()).gr_name
@@ -65,29 +67,12 @@ def box(tmp_path: Path) -> tuple[Path, Config]:
 
 
 def console(config_file: Path) -> pexpect.spawn:
-    """`hes console` on a fresh pty of 80x24, as on the serial console."""
-    return pexpect.spawn(
-        sys.executable,
-        ["-m", "appliance", "console", "-c", str(config_file)],
-        dimensions=(24, 80),
-        env={**os.environ, "TERM": "vt100"},
-        encoding="utf-8",
-        timeout=30,
-    )
-
-
-def sign_in(child: pexpect.spawn, name: str, password: str = PASSWORD) -> None:
-    child.expect("login: ")
-    child.sendline(name)
-    child.expect("password: ")
-    child.sendline(password)
+    """`hes console` with this box's config, as on the serial console."""
+    return spawn_console("-c", str(config_file))
 
 
 def type_line(child: pexpect.spawn, line: str, *expected: str) -> None:
-    child.sendline(line)
-    for pattern in expected:
-        child.expect(pattern)
-    child.expect(PROMPT)
+    console_line(child, line, *expected, prompt=PROMPT)
 
 
 def spooled(config: Config) -> list[tuple]:
