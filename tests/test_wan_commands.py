@@ -43,7 +43,7 @@ port = {port}
 push_wait_s = 0.3
 timeout_ms = 2000
 idle_timeout_s = 60
-auto_register = true
+auto_register = {auto_register}
 
 [commands]
 key_wrap_file = "{kek}"
@@ -64,12 +64,18 @@ model = "generic-wh32"
 
 
 @pytest.fixture
-def station(tmp_path: Path) -> Iterator[tuple[Substation, int]]:
+def auto_register() -> str:
+    return "true"
+
+
+@pytest.fixture
+def station(tmp_path: Path, auto_register: str) -> Iterator[tuple[Substation, int]]:
     port = free_port()
     kek = tmp_path / "kek.hex"
     kek.write_text(KEK.hex())
     kek.chmod(0o600)
-    config = write_config(tmp_path / "hes.toml", CONFIG.format(port=port, kek=kek))
+    text = CONFIG.format(port=port, kek=kek, auto_register=auto_register)
+    config = write_config(tmp_path / "hes.toml", text)
     with Substation(tmp_path / "run", config) as substation:
         yield substation, port
 
@@ -94,6 +100,22 @@ def relay_state(outcome_xml: bytes) -> str:
     return outcome_xml.split(b"<name>relayState</name><value>")[1].split(b"<")[0].decode()
 
 
+def register_with_keys(mdm: MdmListener, verb: str) -> None:
+    """MeterConfig for the WAN meter: the management client with its password, wrapped."""
+    settings = {"bus": "wan", "clientAddress": "1", "auth": "low"}
+    payload = meter_config_payload(
+        [(MRID, "dlms-generic", settings)], {MRID: {"password": wrap_key(KEK, b"wan-pass")}}
+    )
+    request_id, xml = request_message(verb, "MeterConfig", payload=payload)
+    mdm.request(verb, "MeterConfig", xml)
+    _, outcome = mdm.wait_replies(request_id, 2)
+    assert reply_result(outcome) == ("OK", []), reply_result(outcome)
+
+
+def alarms(mdm: MdmListener) -> set[tuple[str, str]]:
+    return {(e.device_id, e.event_type) for m in mdm.snapshot() for e in m.events}
+
+
 def test_a_wan_meter_takes_commands_on_its_own_connection_and_when_it_calls_again(
     station: tuple[Substation, int], mdm: MdmListener, cim_schemas: CimSchemas
 ) -> None:
@@ -101,10 +123,7 @@ def test_a_wan_meter_takes_commands_on_its_own_connection_and_when_it_calls_agai
     meter = DialingMeter(port, WAN_METER)
     with meter:
         # Registered on its first call (auto_register): the MDM hears of it, then commands it.
-        registered = (MRID, "3.7.0.4")
-        assert substation.wait_for(
-            lambda: registered in {(e.device_id, e.event_type) for m in mdm.snapshot() for e in m.events}, 20
-        )
+        assert substation.wait_for(lambda: (MRID, "3.7.0.4") in alarms(mdm), 20)
         # Registered as the public client, it may be read but not switched: the meter says so.
         request_id = control(mdm, DISCONNECT)
         _, outcome = mdm.wait_replies(request_id, 2)
@@ -113,14 +132,7 @@ def test_a_wan_meter_takes_commands_on_its_own_connection_and_when_it_calls_agai
         )
         assert meter.state.control_state == ControlState.CONNECTED
         # The MDM gives it the management client and its password; its connection takes them at once.
-        settings = {"bus": "wan", "clientAddress": "1", "auth": "low"}
-        payload = meter_config_payload(
-            [(MRID, "dlms-generic", settings)], {MRID: {"password": wrap_key(KEK, b"wan-pass")}}
-        )
-        request_id, xml = request_message("change", "MeterConfig", payload=payload)
-        mdm.request("change", "MeterConfig", xml)
-        _, changed = mdm.wait_replies(request_id, 2)
-        assert reply_result(changed) == ("OK", []), reply_result(changed)
+        register_with_keys(mdm, "change")
         request_id = control(mdm, DISCONNECT)
         ack, outcome = mdm.wait_replies(request_id, 2)
         assert reply_result(ack)[0] == "OK" and reply_result(outcome)[0] == "OK", reply_result(outcome)
@@ -156,3 +168,27 @@ def test_a_wan_meter_takes_commands_on_its_own_connection_and_when_it_calls_agai
         meter.call()
         assert substation.wait_for(lambda: meter.connected, 10)
     assert meter.state.control_state == ControlState.CONNECTED
+
+
+@pytest.mark.parametrize("auto_register", ["false"])
+def test_with_automatic_registration_off_only_a_meter_the_mdm_registered_is_admitted(
+    station: tuple[Substation, int], mdm: MdmListener
+) -> None:
+    substation, port = station
+    meter = DialingMeter(port, WAN_METER)
+    with meter:
+        # Unknown, and automatic registration off (the default): refused, the MDM told, line closed.
+        assert substation.wait_for(lambda: ("hes-wan", "3.12.0.85") in alarms(mdm), 20)
+        assert substation.wait_for(lambda: not meter.connected, 10)
+        # The MDM registers it by the logical device name it presents, with its management client.
+        register_with_keys(mdm, "create")
+        meter.call()
+        request_id = control(mdm, DISCONNECT)
+        _, outcome = mdm.wait_replies(request_id, 2)
+        assert reply_result(outcome)[0] == "OK" and relay_state(outcome.xml) == "disconnected"
+        assert meter.state.control_state == ControlState.DISCONNECTED
+        request_id, xml = request_message("get", "MeterReadings", request=get_readings([MRID]))
+        mdm.request("get", "MeterReadings", xml)
+        _, readings = mdm.wait_replies(request_id, 2)
+        assert {r.meter_id for r in readings.readings} == {MRID}
+    assert (MRID, "3.7.0.4") not in alarms(mdm)  # registered by the MDM, not on its own

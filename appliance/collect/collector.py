@@ -116,15 +116,14 @@ class Collector:
         return worker.submit(action, priority, f"bus {bus}")
 
     def register(self, meter: MeterSpec, source: str) -> None:
-        """Register or change a meter (stored first), and poll it from now on. A WAN meter only
-        changes (it registers by calling); its connection takes the change at once."""
+        """Register or change a meter (stored first), and poll it from now on. A WAN meter is
+        admitted when it calls (its mRID is the logical device name it presents); an open connection
+        takes the change at once."""
         if meter.bus == WAN_BUS and self.listener is not None:
             with self._lock, self._store() as store:
-                if reachable_wan_meter(store, meter.id) is None:
-                    raise UnknownMeter(f"no WAN meter {meter.id!r} has called; it registers by calling")
                 register_meter(store, meter, source, epoch(self.clock.now()), ACTIVE)
                 self.listener.set_meter(meter.id, meter)
-            log.info("WAN meter %s changed (%s)", meter.id, source)
+            log.info("WAN meter %s registered (%s)", meter.id, source)
             return
         if meter.bus not in self.workers:
             raise UnknownMeter(f"bus {meter.bus!r} is not running; running: {sorted(self.workers)}")
