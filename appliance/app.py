@@ -118,8 +118,12 @@ def build(config: Config, clock: Clock, store: Store, leds: LedPanel, stop: thre
         else []
     )
     collector.listener = listener[0] if listener else None  # commands to the WAN meters that call
-    tariffs = _tariffs(config, collector, clock, pump, stop)
-    threads = [pump, *collector.workers.values(), *gps, commands, health, control, *listener, *tariffs]
+    # Costs, billing periods and prepay relays; it runs without [tariffs] meters too (the MDM may
+    # assign tariffs), and an idle round is a few queries.
+    tariffs = TariffService(
+        settings_from_config(config.tariffs), stores, clock, relay_through(collector), pump.notify, stop
+    )
+    threads = [pump, *collector.workers.values(), *gps, commands, health, control, *listener, tariffs]
     return Daemon(config, clock, store, leds, stop, link, pump, collector, health, control, threads)
 
 
@@ -182,26 +186,16 @@ def supervise(daemon: Daemon) -> int:
         if dead:
             log.error("thread(s) %s died; stopping so systemd restarts the daemon", ", ".join(dead))
             return 1
+        now = time.monotonic()
+        stalled = tuple(t.name for t in threads if now - t.heartbeat >= STALL_S)
         # Fed only while every worker is alive and not hung: otherwise systemd restarts us.
-        alive = all(time.monotonic() - t.heartbeat < STALL_S for t in threads)
-        if watchdog and time.monotonic() >= next_watchdog and alive:
+        if watchdog and now >= next_watchdog and not stalled:
             sd_notify("WATCHDOG=1")
-            next_watchdog = time.monotonic() + watchdog
-        if time.monotonic() >= next_status:
-            next_status = time.monotonic() + daemon.config.uplink.status_interval_s
-            stalled = tuple(t.name for t in threads if time.monotonic() - t.heartbeat >= STALL_S)
+            next_watchdog = now + watchdog
+        if now >= next_status:
+            next_status = now + daemon.config.uplink.status_interval_s
             _report_status(daemon, stalled)
     return 0
-
-
-def _tariffs(
-    config: Config, collector: Collector, clock: Clock, pump: OutboxPump, stop: threading.Event
-) -> list[TariffService]:
-    """Costs of new intervals, billing periods and prepay relays. It runs without [tariffs] meters too:
-    the MDM may assign tariffs (change UsagePointConfig), and an idle round is a few queries."""
-    settings = settings_from_config(config.tariffs)
-    relay = relay_through(collector)
-    return [TariffService(settings, lambda: open_store(config), clock, relay, pump.notify, stop)]
 
 
 def _modem(config: Config) -> Modem | None:

@@ -18,7 +18,7 @@ from appliance.config import Config, load_config, missing_credentials
 from appliance.console.admin import add_console_parser, run_console_command
 from appliance.control import ControlClient
 from appliance.errors import ConfigError, DaemonUnavailable, HesError
-from appliance.status import format_status, read_status
+from appliance.status import format_status, status_without_daemon
 from appliance.store import open_store
 from appliance.tariff.export import write_export
 from appliance.tariff.service import settings_from_config
@@ -200,11 +200,10 @@ def _status(config: Config, as_json: bool) -> int:
     if document is None:
         store = open_store(config, readonly=True) if config.store_path.exists() else None
         try:
-            document = read_status(config, store, Clock())
+            document = status_without_daemon(config, store, Clock())
         finally:
             if store is not None:
                 store.close()
-        document["state"] = f"daemon not running (its last status said: {document.get('state', '-')})"
     print(json.dumps(document, indent=2) if as_json else format_status(document))
     return 0
 

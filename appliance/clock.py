@@ -45,6 +45,7 @@ SAMPLES = 4  # offsets kept; the smallest is the least delayed NMEA sentence
 STEP_AFTER = 3  # agreeing fixes before the daemon steps the system clock (one bad sentence is not enough)
 # A GPS time before this is a receiver with the week-number rollover bug (it is 19.7 years behind).
 EARLIEST_GPS_TIME = datetime(2025, 1, 1, tzinfo=UTC)
+NO_GPSD = "not configured"  # status()["gpsd"] of a box without a GPS receiver (the panel reads it)
 
 
 class ClockState(StrEnum):
@@ -155,7 +156,7 @@ class Clock:
                 "offset_s": round(min(self._samples), 3) if self._samples else None,
                 "gpsd": f"{settings.gpsd_host}:{settings.gpsd_port}"
                 if settings and settings.gpsd_host
-                else "not configured",
+                else NO_GPSD,
                 "fix": None,
             }
             if settings is not None:

@@ -793,9 +793,7 @@ def _commands_checks(config: Config) -> list[tuple[bool, str, str]]:
             (action in CONTROL_ACTIONS, f"commands.controls.{code}", f"one of {list(CONTROL_ACTIONS)}"),
         ]
     if commands.key_wrap_file is not None:
-        checks.append(
-            (commands.key_wrap_file.is_file(), "commands.key_wrap_file", 'a readable file or ""')
-        )
+        checks.append((commands.key_wrap_file.is_file(), "commands.key_wrap_file", 'a readable file or ""'))
     return checks
 
 
@@ -813,6 +811,8 @@ def missing_credentials(config: Config) -> str | None:
 
 DLMS_AUTH = ("none", "low", "hls-gmac")
 _SECRET_LENGTHS = {"system_title": 8, "encryption_key": 16, "authentication_key": 16}
+# The secrets each DLMS authentication needs in the meter's keys file ([[meters]], MDM's MeterConfig).
+NEEDED_KEYS = {"low": frozenset({"password"}), "hls-gmac": frozenset(_SECRET_LENGTHS)}
 
 
 def read_meter_secrets(path: Path) -> dict[str, str]:
@@ -844,8 +844,8 @@ def _dlms_checks(meter: MeterSpec, key: str) -> list[tuple[bool, str, str]]:
         (1 <= meter.client_address <= 127, f"{key}.client_address", "1-127"),
         (meter.auth in DLMS_AUTH, f"{key}.auth", f"one of {list(DLMS_AUTH)}"),
     ]
-    if meter.auth in ("low", "hls-gmac"):
-        needed = {"password"} if meter.auth == "low" else set(_SECRET_LENGTHS)
+    if meter.auth in NEEDED_KEYS:
+        needed = NEEDED_KEYS[meter.auth]
         if meter.keys_file is None:
             checks.append(
                 (False, f"{key}.keys_file", f"a secrets file with {sorted(needed)} (auth = {meter.auth})")

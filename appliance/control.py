@@ -77,6 +77,19 @@ OPS: dict[str, Role | None] = {
 }
 
 
+def require_role(account: Account | None, op: str, line: str) -> None:
+    """AccessDenied unless `account` may run `op` (OPS): one rule for the daemon and for the console
+    without it."""
+    needed = OPS[op]
+    if needed is None:
+        return
+    if account is None:
+        raise AccessDenied("sign in first")
+    if account.role < needed:
+        command = line.split(maxsplit=1)[0] if line.split() else op
+        raise AccessDenied(f"{command} needs the {needed.label} role")
+
+
 class Handlers(Protocol):
     """What the control socket asks of the daemon's components."""
 
@@ -337,13 +350,11 @@ class Session:
         if op == "login":
             return self._login(request)
         line = _text(request, "line", default=op)
-        needed = OPS[op]
-        if needed is not None:
-            if self.account is None:
-                raise AccessDenied("sign in first")
-            if self.account.role < needed:
-                self._audit(line, "denied")
-                raise AccessDenied(f"{line.split()[0] if line.split() else op} needs the {needed.label} role")
+        try:
+            require_role(self.account, op, line)
+        except AccessDenied:
+            self._audit(line, "denied")  # a signed-in session's; "sign in first" has nobody to audit
+            raise
         try:
             result = getattr(self, f"_op_{op}")(request)
         except HesError as exc:

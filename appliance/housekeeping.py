@@ -17,10 +17,9 @@ from appliance.config import Config
 from appliance.errors import StoreError, StoreFull
 from appliance.model import Event, Reading, epoch
 from appliance.store import Store
-from appliance.store.outbox import Priority
 from appliance.store.readings import save_readings
 from appliance.store.retention import drop_oldest_unsent, prune_audit, prune_sent, used_bytes
-from appliance.uplink.messages import build, enqueue
+from appliance.uplink.messages import enqueue_alarm
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +80,7 @@ class Housekeeping:
             if not count:
                 return 0
             event = alarms.readings_dropped(self.config.hes.id, count, oldest, newest, self.clock.now())
-            message = build(self.config, self.clock, "EndDeviceEvents", [event])
-            enqueue(conn, message, Priority.ALARM, epoch(self.clock.now()))
+            enqueue_alarm(conn, self.config, self.clock, event)
         self.dropped_unsent += count
         log.error("store full with nothing sent left: dropped %d unsent readings (alarm queued)", count)
         return count

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from appliance.clock import ClockState
+from appliance.clock import NO_GPSD, ClockState
 from appliance.hw.leds import Led, Pattern
 from appliance.uplink.health import WanState
 
@@ -25,8 +25,6 @@ BACKLOG_WARNING = 0.80
 # Bytes one waiting reading takes in the store: its row in `readings` (~28) and in `unsent` (~18),
 # measured with 300 000 readings of 50 meters (three registers each, float values).
 BYTES_PER_WAITING_READING = 46
-# What the clock's status says without a GPS (`Clock.status()["gpsd"]`): the GPS LED stays dark.
-NO_GPSD = "not configured"
 _State = TypeVar("_State", bound=StrEnum)
 
 

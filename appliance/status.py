@@ -95,6 +95,13 @@ def read_status(config: Config, store: Store | None, clock: Clock) -> dict[str, 
     return document
 
 
+def status_without_daemon(config: Config, store: Store | None, clock: Clock) -> dict[str, Any]:
+    """read_status while the daemon is down: its last status.json says "online" to the end."""
+    document = read_status(config, store, clock)
+    document["state"] = f"daemon not running (its last status said: {document.get('state', '-')})"
+    return document
+
+
 def _wan_line(wan: dict[str, Any]) -> str:
     """`wan:     up, LTE SimTel, CSQ 20 (-73 dBm), home; MQTT rtt 41 ms, 2 reconnects`."""
     modem, mqtt, recovery = wan.get("modem"), wan.get("mqtt", {}), wan.get("recovery", {})

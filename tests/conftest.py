@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from lxml import etree
 from appliance.config import MeterSpec
 from appliance.model import Protocol
 from appliance.sim.pki import TestPki
+from appliance.sim.ptys import PtyPair
 from appliance.uplink import cim
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,3 +86,10 @@ def meter_spec(
 ) -> MeterSpec:
     """A meter as the config would give it (DLMS fields at the template's values)."""
     return MeterSpec(meter_id, bus, protocol, address, model, poll_interval_s, 1, 16, "none", None)
+
+
+@pytest.fixture
+def pty(tmp_path: Path) -> Iterator[PtyPair]:
+    """A pty pair for bus A: the HES opens one end as its serial port, a simulator the other."""
+    with PtyPair(tmp_path, "A") as pair:
+        yield pair

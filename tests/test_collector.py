@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,12 +115,6 @@ class Rig:
 def read_meter_clock(access: BusAccess, meter: MeterSpec) -> datetime:
     with access.dlms(meter) as session:
         return axdr.DateTime.from_data(session.get(8, CLOCK, 2)).to_utc()
-
-
-@pytest.fixture
-def pty(tmp_path: Path) -> Iterator[PtyPair]:
-    with PtyPair(tmp_path, "A") as pair:
-        yield pair
 
 
 CLOCK_EVERY_POLL = "[schedules.dlms-generic]\nprofile_s = 2\nevents_s = 0\nclock_s = 2\n"

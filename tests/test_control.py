@@ -77,7 +77,7 @@ class RecordingHandlers:
         return "disconnected"
 
     def discover(self, bus: str) -> list[dict[str, Any]]:
-        raise ControlError("discovery is not available yet")
+        raise ControlError("discovery on bus A found nothing to scan")
 
     def test_leds(self) -> str:
         return "watch the LEDs"
@@ -175,7 +175,7 @@ def test_roles_decide_and_every_command_is_audited(daemon: Daemon) -> None:
     technician = daemon.signed_in("tess")
     answer = technician.request("relay", line="relay M1 disconnect", meter="M1", action="disconnect")
     assert answer == {"state": "disconnected"}
-    with pytest.raises(ControlError, match="not available yet"):
+    with pytest.raises(ControlError, match="found nothing to scan"):
         technician.request("discover", line="discover bus A", bus="A")
     with pytest.raises(ControlError, match="no bus 'Z'"):
         technician.request("discover", line="discover bus Z", bus="Z")
@@ -192,7 +192,7 @@ def test_roles_decide_and_every_command_is_audited(daemon: Daemon) -> None:
         ("vic", "show audit", "denied"),
         ("tess", "login", "ok"),
         ("tess", "relay M1 disconnect", "ok"),
-        ("tess", "discover bus A", "failed: discovery is not available yet"),
+        ("tess", "discover bus A", "failed: discovery on bus A found nothing to scan"),
         ("tess", "discover bus Z", "failed: no bus 'Z'; the buses are A, B"),
         ("vic", "restart", "denied"),
         ("tess", "restart", "ok"),

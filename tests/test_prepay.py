@@ -3,7 +3,6 @@ simulated DLMS meter's relay on a real pty (the bus worker runs the relay job, a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -115,12 +114,6 @@ def relay_state(access: BusAccess, meter: MeterSpec) -> int:
         value = session.get(CLASS_DISCONNECT_CONTROL, DISCONNECT_CONTROL, 3)
     assert isinstance(value, axdr.Data)
     return value.value  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def pty(tmp_path: Path) -> Iterator[PtyPair]:
-    with PtyPair(tmp_path, "A") as pair:
-        yield pair
 
 
 NO_POLLS = "[schedules.dlms-generic]\nregisters_s = 0\nprofile_s = 0\nevents_s = 0\nclock_s = 0\n"

@@ -23,13 +23,12 @@ from typing import Any
 
 from appliance.clock import Clock
 from appliance.collect.discovery import Discovered, discover_bus
-from appliance.collect.jobs import BusPort, Job, JobPriority, Task
+from appliance.collect.jobs import BusPort, Job, JobPriority, Task, task_interval
 from appliance.collect.meters import get_model
 from appliance.collect.quality import MeterClock, QualityCheck, clock_steps, model_rules
 from appliance.collect.readers import DlmsReader, ModbusReader, PollResult
 from appliance.config import BusSpec, Config, MeterSpec
 from appliance.errors import (
-    CrcError,
     DeviceError,
     DeviceTimeout,
     HesError,
@@ -43,7 +42,7 @@ from appliance.hw.rs485 import SerialPort
 from appliance.model import Protocol, epoch
 from appliance.store import Store
 from appliance.store.readings import last_reading
-from appliance.store.stats import Outcome, failure_streak, record_poll
+from appliance.store.stats import Outcome, failure_streak, outcome_of, record_poll
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,8 @@ class BusAccess:
 
     @property
     def housekeeping(self) -> Housekeeping:
-        """Where a job saves what it read (the bus's quality checks and the uplink's wake-up)."""
+        """Where a job saves what it read (and wakes the uplink); the quality checks run on routine
+        polls only (BusWorker._poll)."""
         return self.worker.housekeeping
 
     def interval(self, meter: MeterSpec, task: Task) -> int:
@@ -150,10 +150,7 @@ class BusWorker(threading.Thread):
 
     def interval(self, meter: MeterSpec, task: Task) -> int:
         """Seconds between two reads of `task` of `meter`; 0 when the model never reads it."""
-        schedule = self.config.schedules[meter.model]
-        if task is Task.REGISTERS and meter.poll_interval_s:
-            return meter.poll_interval_s
-        return int(getattr(schedule, f"{task.value}_s"))
+        return task_interval(self.config, meter, task)
 
     # -- the thread
 
@@ -296,7 +293,7 @@ class BusWorker(threading.Thread):
         except Preempted:
             return  # its parts stay due: it runs again right after the command
         except (DeviceTimeout, ProtocolError, DeviceError) as exc:
-            failures = self._record(store, meter, _outcome(exc), started, str(exc), previous + 1)
+            failures = self._record(store, meter, outcome_of(exc), started, str(exc), previous + 1)
             if failures == 1:  # once per failure streak, not once per poll
                 log.warning("bus %s: meter %s: %s", self.spec.name, meter.id, exc)
             self._schedule(meter, tasks, failures)
@@ -344,13 +341,3 @@ def backoff_delay(interval_s: int, failures: int, cap_s: int) -> int:
     if failures <= 1:
         return interval_s
     return max(interval_s, min(interval_s * 2 ** min(failures - 1, 32), cap_s))
-
-
-def _outcome(error: HesError) -> Outcome:
-    if isinstance(error, DeviceTimeout):
-        return Outcome.TIMEOUT
-    if isinstance(error, CrcError):
-        return Outcome.CRC_ERROR
-    if isinstance(error, ProtocolError):
-        return Outcome.PROTOCOL_ERROR
-    return Outcome.REFUSED

@@ -74,17 +74,20 @@ class Collector:
         for worker in self.workers.values():
             worker.start()
 
-    def meter(self, meter_id: str) -> MeterSpec | None:
+    def meter(self, meter_id: str, store: Store | None = None) -> MeterSpec | None:
         """A meter polled on one of the buses, or a WAN meter that calls in (not one behind a DCU,
-        which only reports), or None."""
+        which only reports), or None. A WAN meter is looked up in the registry: through `store`, the
+        caller's connection, if it has one."""
         for worker in self.workers.values():
             for meter in worker.meters():
                 if meter.id == meter_id:
                     return meter
         if self.listener is None:
             return None
-        with self._store() as store:
+        if store is not None:
             return reachable_wan_meter(store, meter_id)
+        with self._store() as own:
+            return reachable_wan_meter(own, meter_id)
 
     def lane(self, meter: MeterSpec) -> str:
         """What a command to `meter` waits for: its bus, or a WAN meter's own connection."""

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from appliance.clock import Clock
 from appliance.collect import modbus
 from appliance.collect.dlms import axdr
-from appliance.collect.dlms.session import DlmsSession, DlmsSettings
+from appliance.collect.dlms.push import LOGICAL_DEVICE_NAME
+from appliance.collect.dlms.session import PUBLIC_CLIENT, DlmsSession, DlmsSettings
 from appliance.config import DiscoverySection, MeterSpec
 from appliance.errors import CrcError, DeviceError, DeviceTimeout, HesError, ProtocolError
 from appliance.housekeeping import Housekeeping
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METER_DISCOVERED = "3.7.0.4"  # ElectricMeter / Configuration / - / Activated: found, not yet assigned
-LOGICAL_DEVICE_NAME = "0.0.42.0.0.255"
 SERIAL_NUMBER = "0.0.96.1.0.255"
 UNKNOWN_MODEL = "unknown"
 
@@ -72,7 +72,9 @@ def discover_bus(
     events = []
     for device in found:
         model = "dlms-generic" if device.protocol is Protocol.DLMS else UNKNOWN_MODEL
-        spec = MeterSpec(device.mrid, bus, device.protocol, device.address, model, 0, 1, 16, "none", None)
+        spec = MeterSpec(
+            device.mrid, bus, device.protocol, device.address, model, 0, 1, PUBLIC_CLIENT, "none", None
+        )
         register_meter(access.store, spec, "discovery", epoch(now), UNASSIGNED, device.identity)
         if device.mrid not in already:
             events.append(

@@ -17,6 +17,7 @@ from enum import IntEnum, StrEnum
 from typing import Any
 
 from appliance.collect.dlms.session import FramePort
+from appliance.config import Config, MeterSpec
 from appliance.errors import Preempted
 
 
@@ -35,6 +36,14 @@ class Task(StrEnum):
     PROFILE = "profile"
     EVENTS = "events"
     CLOCK = "clock"
+
+
+def task_interval(config: Config, meter: MeterSpec, task: Task) -> int:
+    """Seconds between two reads of `task` of `meter` (0: its model never reads it): the meter's own
+    poll interval for its registers, else its model's schedule. The same on a bus and over the WAN."""
+    if task is Task.REGISTERS and meter.poll_interval_s:
+        return meter.poll_interval_s
+    return int(getattr(config.schedules[meter.model], f"{task.value}_s"))
 
 
 _sequence = itertools.count()

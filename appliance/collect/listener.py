@@ -37,11 +37,17 @@ from typing import Any
 
 from appliance.clock import Clock
 from appliance.collect.dlms import apdu
-from appliance.collect.dlms.push import Push, device_id, logical_device_name, parse_push
+from appliance.collect.dlms.push import (
+    LOGICAL_DEVICE_NAME,
+    Push,
+    device_id,
+    logical_device_name,
+    parse_push,
+)
 from appliance.collect.dlms.session import PUBLIC_CLIENT, DlmsSession, DlmsSettings
 from appliance.collect.dlms.transport import TcpTransport
 from appliance.collect.dlms.wrapper import decode_wrapper, wrapper_bytes_needed
-from appliance.collect.jobs import Task
+from appliance.collect.jobs import Task, task_interval
 from appliance.collect.meters import get_model
 from appliance.collect.meters.dlms import DlmsModel, scaled_value
 from appliance.collect.readers import DlmsReader, PollResult
@@ -57,9 +63,8 @@ from appliance.errors import (
 from appliance.housekeeping import Housekeeping
 from appliance.model import Event, Protocol, Reading, epoch
 from appliance.store import Store
-from appliance.store.outbox import Priority
 from appliance.store.registry import register_meter, registered_meter
-from appliance.store.stats import Outcome, record_poll
+from appliance.store.stats import Outcome, outcome_of, record_poll
 from appliance.store.wan_devices import (
     DCU,
     METER,
@@ -71,11 +76,10 @@ from appliance.store.wan_devices import (
     note_disconnected,
     note_refusal,
 )
-from appliance.uplink.messages import build, enqueue
+from appliance.uplink.messages import enqueue_alarm
 
 log = logging.getLogger(__name__)
 
-LOGICAL_DEVICE_NAME = "0.0.42.0.0.255"  # class 1, attribute 2
 MANAGEMENT_DEVICE = 1  # the wPort of the management logical device
 REFUSAL_ALARM_EVERY_S = 86400  # a refused device calls again and again: one alarm a day tells enough
 ACCEPT_WAIT_S = 1.0  # the longest the listener blocks before it looks at the stop flag again
@@ -357,9 +361,7 @@ class DlmsListener(threading.Thread):
 
     def interval(self, meter: MeterSpec, task: Task) -> int:
         """Seconds between two reads of `task` of `meter`: as on a bus (0: never)."""
-        if task is Task.REGISTERS and meter.poll_interval_s:
-            return meter.poll_interval_s
-        return int(getattr(self.config.schedules[meter.model], f"{task.value}_s"))
+        return task_interval(self.config, meter, task)
 
     def due_tasks(self, meter: MeterSpec) -> frozenset[Task]:
         """The parts of `meter` due now (a meter seen for the first time: all it has)."""
@@ -387,8 +389,7 @@ class DlmsListener(threading.Thread):
         alarm priority (so it cannot be lost while the registry change stands, nor the other way)."""
         severity = "warning" if code == REFUSED_EVENT else ""
         event = Event(mrid, code.format(type=_EVENT_TYPE[kind]), self.clock.now(), reason, severity, details)
-        message = build(self.config, self.clock, "EndDeviceEvents", [event])
-        enqueue(conn, message, Priority.ALARM, epoch(self.clock.now()))
+        enqueue_alarm(conn, self.config, self.clock, event)
 
 
 class _DeviceConnection(threading.Thread):
@@ -551,6 +552,7 @@ class _DeviceConnection(threading.Thread):
         listener = self.listener
         meter = self._meter_spec(store, device) if device.kind == METER else None
         reader = _WanReader(self.port, listener.wan_bus, listener.clock, listener.config.meter_time)
+        access = WanAccess(store, reader, listener)
         while not listener.halt.is_set():
             if meter is not None:
                 changed, spec = listener.changed_meter(meter.id)
@@ -559,11 +561,11 @@ class _DeviceConnection(threading.Thread):
                 meter = spec or meter
                 job = listener.take_job(meter.id)
                 if job is not None:
-                    self._run_job(WanAccess(store, reader, listener), meter, job)
+                    self._run_job(access, meter, job)
                     continue
                 tasks = listener.due_tasks(meter)
                 if tasks:
-                    self._poll(store, reader, meter, tasks)
+                    self._poll(access, meter, tasks)
                     continue
             idle_left = self.last_heard + listener.settings.idle_timeout_s - time.monotonic()
             if idle_left <= 0:
@@ -593,21 +595,14 @@ class _DeviceConnection(threading.Thread):
             raise StoreError(f"meter {device.mrid} has a WAN registration but no meter row")
         return found[0]
 
-    def _poll(self, store: Store, reader: _WanReader, meter: MeterSpec, tasks: frozenset[Task]) -> None:
+    def _poll(self, access: WanAccess, meter: MeterSpec, tasks: frozenset[Task]) -> None:
         """Read the due parts of the meter and store them; a failure ends the connection (raised)."""
-        listener = self.listener
-        model = get_model(meter.model)
-        slot = listener.clock.slot_start(listener.interval(meter, Task.REGISTERS) or 1)
+        listener, store = self.listener, access.store
         started = time.monotonic()
         try:
-            result = reader.read(meter, model, slot, store, tasks)  # type: ignore[arg-type]
+            result = access.poll(meter, tasks)
         except (DeviceTimeout, ProtocolError, DeviceError) as exc:
-            outcome = (
-                Outcome.TIMEOUT
-                if isinstance(exc, DeviceTimeout)
-                else (Outcome.PROTOCOL_ERROR if isinstance(exc, ProtocolError) else Outcome.REFUSED)
-            )
-            self._record(store, meter.id, outcome, started, str(exc))
+            self._record(store, meter.id, outcome_of(exc), started, str(exc))
             raise
         self.last_heard = time.monotonic()
         listener.polled(meter, tasks)

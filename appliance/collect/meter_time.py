@@ -46,7 +46,7 @@ class ClockDecision:
 
     def meter_clock(self, logged: tuple[ClockStep, ...]) -> MeterClock:
         """What quality checking needs to know of the meter clock in this poll."""
-        steps = logged if self.step is None or self.action is not ClockAction.SET else (*logged, self.step)
+        steps = logged if self.step is None else (*logged, self.step)  # only a SET has a step
         return MeterClock(self.offset_s, steps)
 
 

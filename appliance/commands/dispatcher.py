@@ -74,7 +74,9 @@ from appliance.uplink.mqtt import InboundMessage, MqttLink
 
 log = logging.getLogger(__name__)
 
-WAIT_S = 0.2  # the longest the loop sleeps before it looks at expiries and free buses again
+WAIT_S = 0.2  # the longest the loop sleeps before it looks at the stop flag again
+# With nothing arriving only expiries (whole seconds) can change: the journal is gone through this often.
+IDLE_LOOK_S = 1.0
 KINDS = {"control": "relay", "read": "read", "events": "events", "meter_config": "config", "tariff": "tariff"}
 
 
@@ -122,12 +124,16 @@ class CommandDispatcher(threading.Thread):
             reopened = reopen_interrupted(store, epoch(self.clock.now()))
             if reopened:
                 log.info("commands: %d meter operations interrupted by a restart run again", reopened)
+            next_look = 0.0
             while not self._halt.is_set():
                 self.heartbeat = time.monotonic()
                 try:
                     item = self.inbox.get(timeout=WAIT_S)
                 except queue.Empty:
                     item = None
+                if item is None and time.monotonic() < next_look:
+                    continue
+                next_look = time.monotonic() + IDLE_LOOK_S
                 try:
                     if isinstance(item, InboundMessage):
                         self._intake(store, item)
@@ -250,7 +256,7 @@ class CommandDispatcher(threading.Thread):
         """One meter of a new request: accepted, or refused with why (unknown meter or tariff, rate limit)."""
         kind = {"clock_sync": "clock", "credit": "credit"}.get(request.action) or KINDS[request.operation]
         try:
-            if request.operation != "meter_config" and self.collector.meter(meter_id) is None:
+            if request.operation != "meter_config" and self.collector.meter(meter_id, store) is None:
                 raise RequestRefused(
                     codes.UNKNOWN_METER, f"meter {meter_id} is not registered on a running bus"
                 )
@@ -350,7 +356,7 @@ class CommandDispatcher(threading.Thread):
                 self._finish(store, command, targets)
 
     def _start(self, store: Store, command: Command, request: Request, meter_id: str) -> None:
-        meter = self.collector.meter(meter_id)
+        meter = self.collector.meter(meter_id, store)
         if meter is None:
             self._set(
                 store,

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from appliance.collect.meters import MODELS
 from appliance.commands import codes
 from appliance.commands.requests import MeterEntry
-from appliance.config import DLMS_AUTH, Config, MeterSpec, read_meter_secrets
+from appliance.config import DLMS_AUTH, NEEDED_KEYS, Config, MeterSpec, read_meter_secrets
 from appliance.errors import RequestRefused
 from appliance.model import Protocol
 from appliance.store.wan_devices import WAN_BUS
@@ -31,11 +31,6 @@ INTEGER_SETTINGS = {
     "pollIntervalSeconds": "poll_interval_s",
 }
 TEXT_SETTINGS = {"bus": "bus", "auth": "auth"}
-# The secrets each DLMS authentication needs in the meter's keys file (as config.py checks [[meters]]).
-NEEDED_KEYS = {
-    "low": frozenset({"password"}),
-    "hls-gmac": frozenset({"system_title", "encryption_key", "authentication_key"}),
-}
 
 
 def settings_of(meter: MeterSpec) -> dict[str, str]:

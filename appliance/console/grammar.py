@@ -213,7 +213,7 @@ def candidates(before: str, values_of: Callable[[str], list[str]]) -> list[tuple
         if position < len(command.words):
             word = command.words[position]
             if isinstance(word, Param):
-                found |= {value: word.help for value in values_of(word.kind)} or {f"<{word.name}>": word.help}
+                found |= _offer(word, values_of)
             else:
                 last = position == len(command.words) - 1
                 for literal in command.literals(position):
@@ -222,17 +222,17 @@ def candidates(before: str, values_of: Callable[[str], list[str]]) -> list[tuple
             continue
         used, positionals, pending = _rest(command, spelled[len(command.words) :])
         if pending is not None:
-            found |= {value: pending.help for value in values_of(pending.kind)} or {
-                f"<{pending.name}>": pending.help
-            }
+            found |= _offer(pending, values_of)
             continue
         found["<cr>"] = command.help
         for option, param in command.options:
             if option not in used:
                 found[option] = f"<{param.name}>: {param.help}"
         if command.trailing and positionals == 0:
-            trailing = command.trailing
-            found |= {value: trailing.help for value in values_of(trailing.kind)} or {
-                f"<{trailing.name}>": trailing.help
-            }
+            found |= _offer(command.trailing, values_of)
     return sorted(found.items(), key=lambda item: (item[0] == "<cr>", item[0]))
+
+
+def _offer(param: Param, values_of: Callable[[str], list[str]]) -> dict[str, str]:
+    """What may stand for `param` next: its known values, else its placeholder."""
+    return {value: param.help for value in values_of(param.kind)} or {f"<{param.name}>": param.help}

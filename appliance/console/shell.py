@@ -41,7 +41,7 @@ from appliance.console import accounts, settings, spool, views
 from appliance.console.accounts import Account, Role
 from appliance.console.export import export_readings
 from appliance.console.grammar import COMMANDS, Parsed, candidates, parse
-from appliance.control import MAX_FAILED_LOGINS, OPS, ControlClient
+from appliance.control import BUS_WAIT_S, MAX_FAILED_LOGINS, ControlClient, require_role
 from appliance.errors import (
     AccessDenied,
     AuditSpoolError,
@@ -51,12 +51,14 @@ from appliance.errors import (
     HesError,
 )
 from appliance.model import epoch
-from appliance.status import backlog_status, format_status, read_status
+from appliance.status import backlog_status, format_status, status_without_daemon
 from appliance.store import Store, open_store
 from appliance.store.registry import list_meters
 from appliance.store.schema import MIGRATIONS
 
-BUS_TIMEOUT_S = 120.0  # reading a meter or switching its relay: a DLMS association and a retry or two
+# The daemon gives a bus job BUS_WAIT_S and then answers; the console waits longer, so that the
+# answer never arrives after it gave up (and then stood in the socket as the next request's answer).
+BUS_TIMEOUT_S = BUS_WAIT_S + 30.0
 NEVER_AUDITED = frozenset({"help", "exit"})  # the daemon never hears of them either
 # What runs while the spool cannot be written: what needs no sign-in at the daemon (its `status`
 # request), help and exit.
@@ -310,15 +312,13 @@ class Console:
         if self.client is not None:
             self.client.request(op, line=line)
             return
-        needed = OPS[op]
-        if self.account is None or (needed is not None and self.account.role < needed):
-            raise AccessDenied(f"{line.split(maxsplit=1)[0]} needs the {needed.label if needed else ''} role")
+        require_role(self.account, op, line)
 
     def _status(self, line: str) -> dict[str, Any]:
         if self.client is not None:
             return self.client.request("status", line=line)
         store = self._read_store() if self.config.store_path.exists() else None
-        return read_status(self.config, store, self.clock)
+        return status_without_daemon(self.config, store, self.clock)
 
     def _run(self, parsed: Parsed, line: str) -> bool:
         """Run a parsed command; False ends the session (exit, restart)."""

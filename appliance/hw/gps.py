@@ -20,10 +20,9 @@ import gpsd
 from appliance.clock import Clock, ClockState, change_event, step_event, step_system_clock
 from appliance.config import Config
 from appliance.errors import ClockError, ProtocolError, StoreError, TransportError
-from appliance.model import Event, epoch
+from appliance.model import Event
 from appliance.store import Store
-from appliance.store.outbox import Priority
-from appliance.uplink.messages import build, enqueue
+from appliance.uplink.messages import enqueue_alarm
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +172,7 @@ class GpsWatcher(threading.Thread):
     def _send(self, store: Store, event: Event) -> None:
         """Put an alarm in the outbox; the pump sends it at alarm priority."""
         try:
-            message = build(self.config, self.clock, "EndDeviceEvents", [event])
             with store.transaction() as conn:
-                enqueue(conn, message, Priority.ALARM, epoch(self.clock.now()))
+                enqueue_alarm(conn, self.config, self.clock, event)
         except StoreError as exc:
             log.error("clock alarm %s (%s) not stored: %s", event.event_type, event.reason, exc)

@@ -107,7 +107,6 @@ class SimulatedGps:
         self.offset_s = 0.0
         self.garbage = False
         self.silent = False
-        self.last_sent: datetime | None = None  # the GPS time of the newest second written
         self._halt = threading.Event()
         self._feed: threading.Thread | None = None
         self._fd: int | None = None
@@ -163,7 +162,6 @@ class SimulatedGps:
                 continue
             moment = datetime.fromtimestamp(second, UTC)
             self._write(GARBAGE if self.garbage else sentences(moment, self.fix))
-            self.last_sent = moment
 
     def _write(self, data: bytes) -> None:
         """Write without ever blocking: what the pty cannot take is lost, as on a serial line."""

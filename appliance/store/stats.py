@@ -6,6 +6,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+from appliance.errors import CrcError, DeviceTimeout, HesError, ProtocolError
 from appliance.store.db import Store
 
 
@@ -17,6 +18,17 @@ class Outcome(StrEnum):
     CRC_ERROR = "crc_error"
     PROTOCOL_ERROR = "protocol_error"
     REFUSED = "refused"
+
+
+def outcome_of(error: HesError) -> Outcome:
+    """How a poll that raised `error` ended, for the statistics."""
+    if isinstance(error, DeviceTimeout):
+        return Outcome.TIMEOUT
+    if isinstance(error, CrcError):
+        return Outcome.CRC_ERROR
+    if isinstance(error, ProtocolError):
+        return Outcome.PROTOCOL_ERROR
+    return Outcome.REFUSED
 
 
 _COUNTER = {

@@ -223,16 +223,18 @@ def closed_bill(store: Store, mrid: str, billing_start: int) -> dict | None:
 # -- prepay
 
 
+_ACCOUNT = "SELECT meter, currency, balance, relay, low_warned, emergency_warned FROM prepay_accounts"
+
+
+def _account(row: tuple) -> Account:
+    meter, currency, balance, relay, low, emergency = row
+    return Account(meter, currency, Decimal(balance), Relay(relay), bool(low), bool(emergency))
+
+
 def account(store: Store, mrid: str) -> Account | None:
     """A meter's prepay account, or None."""
-    row = store.conn.execute(
-        "SELECT currency, balance, relay, low_warned, emergency_warned FROM prepay_accounts WHERE meter = ?",
-        (mrid,),
-    ).fetchone()
-    if row is None:
-        return None
-    currency, balance, relay, low, emergency = row
-    return Account(mrid, currency, Decimal(balance), Relay(relay), bool(low), bool(emergency))
+    row = store.conn.execute(f"{_ACCOUNT} WHERE meter = ?", (mrid,)).fetchone()
+    return None if row is None else _account(row)
 
 
 def save_account(conn: sqlite3.Connection, account: Account, now: int) -> None:
@@ -285,8 +287,7 @@ def journal_of(store: Store, mrid: str) -> list[tuple[int, str, Decimal, Decimal
 
 def accounts(store: Store) -> list[Account]:
     """Every prepay account."""
-    meters = [row[0] for row in store.conn.execute("SELECT meter FROM prepay_accounts ORDER BY meter")]
-    return [a for a in (account(store, mrid) for mrid in meters) if a is not None]
+    return [_account(row) for row in store.conn.execute(f"{_ACCOUNT} ORDER BY meter")]
 
 
 # -- assignments from the MDM

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal, localcontext
 from itertools import groupby
 from pathlib import Path
@@ -35,7 +35,7 @@ from appliance.tariff import prepay
 from appliance.tariff.apportion import apportion, energy_of
 from appliance.tariff.billing import Bill, Determinants, Interval, make_bill, max_demand
 from appliance.tariff.loader import install_tariff, load_tariffs, parse_tariff
-from appliance.tariff.model import EXACT, Tariff
+from appliance.tariff.model import EXACT, Tariff, interval_start
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def _apportion_series(
     charged: list[int] = []
     for item in series:
         end = utc_from_epoch(item.ts)
-        start = epoch(end - timedelta(seconds=tariff.interval_s))
+        start = epoch(interval_start(tariff, end))
         state, energy = "charged", Decimal(0)
         if tariff.is_bulk:
             previous = ledger.previous_snapshot(store, item, item.ts - LOOKBACK_S)

@@ -34,11 +34,10 @@ from appliance.clock import Clock
 from appliance.config import Config
 from appliance.errors import HesError
 from appliance.hw.modem import Modem, ModemStatus
-from appliance.model import Event, epoch
+from appliance.model import Event
 from appliance.store import Store
-from appliance.store.outbox import Priority
 from appliance.uplink.cim import format_time
-from appliance.uplink.messages import build, enqueue
+from appliance.uplink.messages import enqueue_alarm
 from appliance.uplink.mqtt import MqttLink
 
 log = logging.getLogger(__name__)
@@ -356,9 +355,8 @@ class HealthMonitor(threading.Thread):
 
     def _alarm(self, store: Store, event: Event) -> None:
         """Store the alarm as an outbox message: it leaves with the next connection, alarms first."""
-        message = build(self.config, self.clock, "EndDeviceEvents", [event])
         with store.transaction() as conn:
-            enqueue(conn, message, Priority.ALARM, epoch(self.clock.now()))
+            enqueue_alarm(conn, self.config, self.clock, event)
 
     def _climb(self, store: Store, rung: Rung) -> None:
         log.warning("WAN recovery: %s", rung.value)

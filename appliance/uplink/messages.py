@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from appliance.clock import Clock
 from appliance.config import Config
-from appliance.model import Event, Reading
+from appliance.model import Event, Reading, epoch
 from appliance.store.outbox import OutboxMessage, Priority, insert_message
 from appliance.uplink import cim, compact
 
@@ -110,3 +110,10 @@ def enqueue(
         len(carried),
         message.correlation_data,
     )
+
+
+def enqueue_alarm(conn: sqlite3.Connection, config: Config, clock: Clock, event: Event) -> OutboxMessage:
+    """Inside a caller's transaction: one of the appliance's alarms as its own EndDeviceEvents
+    message, at alarm priority (sent before readings)."""
+    message = build(config, clock, "EndDeviceEvents", [event])
+    return enqueue(conn, message, Priority.ALARM, epoch(clock.now()))

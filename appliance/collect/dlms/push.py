@@ -67,6 +67,9 @@ class Push:
         return self.meters is not None
 
 
+LOGICAL_DEVICE_NAME = "0.0.42.0.0.255"  # COSEM logical device name: class 1, attribute 2
+
+
 def logical_device_name(value: axdr.Data) -> str:
     """The name as text: printable ASCII as it is (IDIS: 3-letter flag ID and serial), else hex."""
     if not isinstance(value, axdr.OctetString) or not 1 <= len(value.value) <= MAX_NAME_LENGTH:

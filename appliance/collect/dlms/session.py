@@ -197,7 +197,6 @@ class _HdlcLink:
         self.client = HdlcAddress(settings.client)
         self.server = settings.hdlc_server
         self.conn = HdlcConnection(self.client, self.server, proposal)
-        self.bytes_out = self.bytes_in = 0
         self._budget = 0
 
     def open(self) -> None:
@@ -279,9 +278,7 @@ class _HdlcLink:
         if outgoing is None:
             data = bytes((FLAG,)) + self.port.receive(_next_frame_needed, timeout_s)
         else:
-            self.bytes_out += len(outgoing)
             data = self.port.exchange(outgoing, frame_bytes_needed, timeout_s)
-        self.bytes_in += len(data)
         self._budget -= len(data)
         if self._budget < 0:
             raise ProtocolError(f"meter {self.server}: answer longer than {self.settings.max_response_bytes}")
@@ -301,7 +298,6 @@ class _WrapperLink:
 
     def __init__(self, port: FramePort, settings: DlmsSettings) -> None:
         self.port, self.settings = port, settings
-        self.bytes_out = self.bytes_in = 0
 
     def open(self) -> None:
         if not self.port.is_open:
@@ -310,14 +306,12 @@ class _WrapperLink:
     def request(self, apdu: bytes) -> bytes:
         settings = self.settings
         frame = WrapperFrame(settings.client, settings.logical, apdu).encode()
-        self.bytes_out += len(frame)
         try:
             data = self.port.exchange(frame, wrapper_bytes_needed, settings.timeout_s)
         except DeviceTimeout as exc:
             raise DeviceTimeout(
                 f"meter {settings.peer}: no answer within {settings.timeout_s:g} s ({exc})"
             ) from exc
-        self.bytes_in += len(data)
         reply = decode_wrapper(data)
         if (reply.source, reply.destination) != (settings.logical, settings.client):
             raise ProtocolError(
@@ -378,11 +372,6 @@ class DlmsSession:
     def meter_system_title(self) -> bytes | None:
         """The meter's system title from the AARE (HLS only)."""
         return self._meter_title
-
-    @property
-    def bytes_on_wire(self) -> tuple[int, int]:
-        """Bytes written and read so far (frames included), for wire-time accounting."""
-        return self._link.bytes_out, self._link.bytes_in
 
     def __repr__(self) -> str:
         state = "associated" if self._associated else "idle"
